@@ -1,0 +1,193 @@
+//! A plain loop over a [`StagePipeline`] on one device: continuous batching of
+//! prefill chunks and decode steps under a token budget, no dataflow.
+//!
+//! It is the baseline the dataflow engine is measured against and the
+//! generator behind `tokenflow generate`.
+
+use crate::request::{FinishReason, Request, TokenLog};
+use std::collections::VecDeque;
+use tokenflow_operators::llama::Head;
+use tokenflow_operators::sampler::sample;
+use tokenflow_operators::{SeqChunk, SeqId, StageError, StagePipeline};
+
+/// Scheduling limits of a [`DirectGenerator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorConfig {
+    /// Most tokens (prefill and decode together) in one stage call.
+    pub token_budget: usize,
+    /// Longest prefill chunk, so long prompts do not stall decodes.
+    pub max_prefill_chunk: usize,
+    /// Most sequences running at once.
+    pub max_sequences: usize,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self { token_budget: 512, max_prefill_chunk: 256, max_sequences: 64 }
+    }
+}
+
+/// Something that happened to a sequence during a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// A new token of sequence `seq` at `index` (0 = first generated token).
+    Token {
+        /// The sequence.
+        seq: SeqId,
+        /// Index among the generated tokens.
+        index: usize,
+        /// The token id.
+        token: u32,
+    },
+    /// Sequence `seq` ended.
+    Finished {
+        /// The sequence.
+        seq: SeqId,
+        /// Why.
+        reason: FinishReason,
+        /// Its whole log.
+        log: TokenLog,
+    },
+}
+
+#[derive(Debug)]
+struct Running {
+    request: Request,
+    log: TokenLog,
+    /// Tokens already in every stage's KV cache.
+    cached: usize,
+}
+
+/// Runs many sequences through a pipeline, one batched step at a time.
+#[derive(Debug)]
+pub struct DirectGenerator {
+    pipeline: StagePipeline,
+    config: GeneratorConfig,
+    waiting: VecDeque<Running>,
+    running: Vec<Running>,
+}
+
+impl DirectGenerator {
+    /// A generator over `pipeline`.
+    pub fn new(pipeline: StagePipeline, config: GeneratorConfig) -> Self {
+        Self { pipeline, config, waiting: VecDeque::new(), running: Vec::new() }
+    }
+
+    /// Queues `request`; it starts when there is room.
+    pub fn submit(&mut self, request: Request) {
+        let log = TokenLog { prompt: request.prompt.clone(), generated: Vec::new() };
+        self.waiting.push_back(Running { request, log, cached: 0 });
+    }
+
+    /// Whether any sequence is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// The pipeline (e.g. to inspect KV use).
+    pub fn pipeline(&self) -> &StagePipeline {
+        &self.pipeline
+    }
+
+    /// Runs one batched step and returns what happened.
+    ///
+    /// A request whose prompt can never fit the KV capacity is refused with the
+    /// error; requests that merely do not fit now keep waiting.
+    pub fn step(&mut self) -> Result<Vec<TokenEvent>, StageError> {
+        while self.running.len() < self.config.max_sequences {
+            let Some(run) = self.waiting.pop_front() else { break };
+            self.running.push(run);
+        }
+        let (chunks, tokens, owners) = self.schedule()?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = Head::to_rows(self.pipeline.forward(&chunks, &tokens)?)?;
+        let mut events = Vec::new();
+        let mut finished = Vec::new();
+        for ((chunk, idx), row) in chunks.iter().zip(owners).zip(logits) {
+            let run = &mut self.running[idx];
+            run.cached = chunk.start + chunk.len;
+            if run.cached < run.log.len() {
+                continue; // a prefill chunk short of the prompt's end: no token yet
+            }
+            let history: Vec<u32> = run.log.tokens().collect();
+            let token = sample(&run.request.sampling, &row, &history, run.log.len());
+            run.log.generated.push(token);
+            events.push(TokenEvent::Token { seq: chunk.seq, index: run.log.generated.len() - 1, token });
+            let reason = if run.request.stop_tokens.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if run.log.generated.len() >= run.request.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                finished.push((idx, reason));
+            }
+        }
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (idx, reason) in finished {
+            let run = self.running.swap_remove(idx);
+            self.pipeline.free(run.request.id);
+            events.push(TokenEvent::Finished { seq: run.request.id, reason, log: run.log });
+        }
+        Ok(events)
+    }
+
+    /// Picks this step's chunks: every decode first, then prefill chunks within the budget.
+    fn schedule(&mut self) -> Result<(Vec<SeqChunk>, Vec<u32>, Vec<usize>), StageError> {
+        let mut chunks = Vec::new();
+        let mut tokens = Vec::new();
+        let mut owners = Vec::new();
+        let mut budget = self.config.token_budget;
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        // Decodes (one uncached token) before prefills, so long prompts do not stall them.
+        order.sort_by_key(|&i| self.running[i].log.len() - self.running[i].cached > 1);
+        let mut first_error = None;
+        for i in order {
+            let run = &self.running[i];
+            let pending = run.log.len() - run.cached;
+            let len = pending.min(self.config.max_prefill_chunk).min(budget);
+            if len == 0 {
+                continue;
+            }
+            chunks.push(SeqChunk::new(run.request.id, run.cached, len));
+            if let Err(e) = self.pipeline.admit(&chunks) {
+                chunks.pop();
+                first_error.get_or_insert(e);
+                continue;
+            }
+            tokens.extend(run.log.tokens().skip(run.cached).take(len));
+            owners.push(i);
+            budget -= len;
+        }
+        if chunks.is_empty()
+            && let Some(e) = first_error
+        {
+            // Nothing can advance: every running sequence waits for KV room.
+            let run = self.running.pop().expect("a sequence was refused");
+            self.pipeline.free(run.request.id);
+            if self.running.is_empty() {
+                // Alone, with every cache empty, it still does not fit: refuse it.
+                return Err(e);
+            }
+            // Preempt the youngest; it restarts later from its token log.
+            self.waiting.push_front(Running { cached: 0, ..run });
+        }
+        Ok((chunks, tokens, owners))
+    }
+
+    /// Runs until every request has finished, returning the logs in completion order.
+    pub fn run_to_completion(&mut self) -> Result<Vec<(SeqId, FinishReason, TokenLog)>, StageError> {
+        let mut done = Vec::new();
+        while self.has_work() {
+            for event in self.step()? {
+                if let TokenEvent::Finished { seq, reason, log } = event {
+                    done.push((seq, reason, log));
+                }
+            }
+        }
+        Ok(done)
+    }
+}

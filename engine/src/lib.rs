@@ -1,0 +1,8 @@
+//! The tokenflow runtime: requests, token logs and the loops that drive stage
+//! operators over many sequences with continuous batching.
+
+pub mod direct;
+pub mod request;
+
+pub use direct::{DirectGenerator, GeneratorConfig, TokenEvent};
+pub use request::{FinishReason, Request, TokenLog};

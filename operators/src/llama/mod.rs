@@ -1,0 +1,145 @@
+//! The Llama architecture in burn, cut into stage operators: [`Embed`], [`Blocks`], [`Head`].
+
+pub mod batch;
+pub mod blocks;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod head;
+pub mod pipeline;
+pub mod rope;
+pub mod weights;
+
+pub use batch::SeqChunk;
+pub use blocks::Blocks;
+pub use config::LlamaConfig;
+pub use embed::Embed;
+pub use error::StageError;
+pub use head::Head;
+pub use pipeline::StagePipeline;
+
+use crate::gguf::GgufFile;
+use crate::tokenizer::{TextTokenizer, TokenizerError};
+use burn::tensor::Device;
+use std::ops::Range;
+use std::path::Path;
+
+/// Errors of opening a model file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file is not a usable GGUF Llama model.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// Its tokenizer could not be built.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// A stage could not be built.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
+/// An open Llama GGUF file: config and tokenizer read, weights still on disk.
+///
+/// Stages are built from it for any layer range, loading only their own tensors.
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    /// The mapped file.
+    pub file: GgufFile,
+    /// Hyper-parameters.
+    pub config: LlamaConfig,
+    /// The tokenizer from the file's metadata.
+    pub tokenizer: TextTokenizer,
+}
+
+impl LlamaModel {
+    /// Opens `path` and reads its config and tokenizer.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let file = GgufFile::open(path)?;
+        let config = LlamaConfig::from_gguf(&file)?;
+        let tokenizer = TextTokenizer::from_gguf(&file)?;
+        Ok(Self { file, config, tokenizer })
+    }
+
+    /// Builds the embedding stage.
+    pub fn embed(&self, device: &Device, progress: weights::LoadProgress) -> Result<Embed, StageError> {
+        Embed::load(&self.file, &self.config, device, progress)
+    }
+
+    /// Builds a stage of blocks `layers` whose KV cache may hold `kv_capacity_bytes`.
+    pub fn blocks(
+        &self,
+        layers: Range<usize>,
+        kv_capacity_bytes: u64,
+        device: &Device,
+        progress: weights::LoadProgress,
+    ) -> Result<Blocks, StageError> {
+        Blocks::load(&self.file, &self.config, layers, kv_capacity_bytes, device, progress)
+    }
+
+    /// Builds the head stage.
+    pub fn head(&self, device: &Device, progress: weights::LoadProgress) -> Result<Head, StageError> {
+        Head::load(&self.file, &self.config, device, progress)
+    }
+
+    /// Builds embed, one `Blocks` stage per range of `splits` and the head, all on `device`.
+    pub fn pipeline(
+        &self,
+        splits: &[Range<usize>],
+        kv_capacity_bytes: u64,
+        device: &Device,
+        progress: weights::LoadProgress,
+    ) -> Result<StagePipeline, StageError> {
+        check_splits(splits, self.config.n_layers)?;
+        let embed = self.embed(device, progress)?;
+        let blocks = splits
+            .iter()
+            .map(|r| self.blocks(r.clone(), kv_capacity_bytes, device, progress))
+            .collect::<Result<Vec<_>, _>>()?;
+        let head = self.head(device, progress)?;
+        Ok(StagePipeline::new(embed, blocks, head))
+    }
+
+    /// Bytes of f32 weights a full pipeline loads (for progress bars).
+    pub fn f32_weight_bytes(&self) -> u64 {
+        let c = &self.config;
+        let table = (c.vocab_size * c.hidden * 4) as u64;
+        let head = if c.tied_embeddings { table } else { 2 * table };
+        head + c.block_params() * 4 * c.n_layers as u64 + c.hidden as u64 * 4
+    }
+}
+
+/// Checks that `splits` are contiguous, non-empty and cover `0..n_layers` exactly once.
+pub fn check_splits(splits: &[Range<usize>], n_layers: usize) -> Result<(), StageError> {
+    let mut next = 0;
+    for r in splits {
+        if r.start != next || r.end <= r.start || r.end > n_layers {
+            return Err(StageError::BadLayerRange { start: r.start, end: r.end, n_layers });
+        }
+        next = r.end;
+    }
+    if next != n_layers {
+        return Err(StageError::BadLayerRange { start: next, end: n_layers, n_layers });
+    }
+    Ok(())
+}
+
+/// Parses `0..10,10..20,20..30` into ranges.
+pub fn parse_splits(text: &str) -> Result<Vec<Range<usize>>, String> {
+    text.split(',')
+        .map(|part| {
+            let (a, b) = part
+                .trim()
+                .split_once("..")
+                .ok_or_else(|| format!("{part:?} is not a range like 0..10"))?;
+            let a = a.trim().parse().map_err(|_| format!("{a:?} is not a layer number"))?;
+            let b = b.trim().parse().map_err(|_| format!("{b:?} is not a layer number"))?;
+            Ok(a..b)
+        })
+        .collect()
+}
+
+/// `n` contiguous ranges splitting `0..n_layers` as evenly as possible.
+pub fn even_splits(n_layers: usize, n: usize) -> Vec<Range<usize>> {
+    let n = n.clamp(1, n_layers);
+    (0..n).map(|i| i * n_layers / n..(i + 1) * n_layers / n).collect()
+}

@@ -1,0 +1,101 @@
+//! The model profile the planner consumes: static sizes and costs per layer
+//! from the GGUF config, and stage times measured on this machine.
+
+use crate::kv_cache::SeqId;
+use crate::llama::{LlamaConfig, LlamaModel, SeqChunk, StageError};
+use burn::tensor::{Device, Tensor};
+use std::time::Instant;
+use tokenflow_planner::profile::{LayerProfile, MeasuredStageTime, ModelProfile, Phase};
+
+/// Static profile of a model as executed here (f32 weights).
+pub fn static_profile(name: &str, config: &LlamaConfig) -> ModelProfile {
+    let h = config.hidden as u64;
+    let matmul_params = config.block_params() - 2 * h;
+    let layer = LayerProfile {
+        param_bytes: config.block_params() * 4,
+        flops_per_token: 2.0 * matmul_params as f64,
+        attention_flops_per_context_token: 4.0 * (config.n_heads * config.head_dim) as f64,
+        activation_bytes_per_token: h * 4,
+        kv_bytes_per_token: config.kv_bytes_per_token_per_layer(),
+    };
+    let table = h * config.vocab_size as u64 * 4;
+    ModelProfile {
+        name: name.to_string(),
+        hidden_size: config.hidden as u32,
+        vocab_size: config.vocab_size as u32,
+        embed_param_bytes: table,
+        head_param_bytes: h * 4 + if config.tied_embeddings { 0 } else { table },
+        head_flops_per_token: 2.0 * table as f64 / 4.0,
+        layers: vec![layer; config.n_layers],
+        measured: Vec::new(),
+    }
+}
+
+/// Median of `repeats` timings of `f`.
+fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<(), StageError>) -> Result<f64, StageError> {
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Measures one `Blocks` stage of `layers` blocks: prefill of `prompt` tokens, and
+/// decode at each batch size in `batches` with `context` tokens already cached.
+pub fn measure_blocks(
+    model: &LlamaModel,
+    device_name: &str,
+    device: &Device,
+    layers: usize,
+    prompt: usize,
+    context: usize,
+    batches: &[usize],
+    repeats: usize,
+) -> Result<Vec<MeasuredStageTime>, StageError> {
+    let c = &model.config;
+    let mut stage = model.blocks(0..layers, u64::MAX, device, &mut |_, _| {})?;
+    let random = |rows: usize| Tensor::<2>::random([rows, c.hidden], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+    let sync = |t: Tensor<2>| t.into_data();
+    let mut out = Vec::new();
+    let prefill = median_seconds(repeats, || {
+        let chunk = [SeqChunk::new(0, 0, prompt)];
+        sync(stage.forward(&chunk, random(prompt))?);
+        Ok(())
+    })?;
+    out.push(MeasuredStageTime {
+        device: device_name.to_string(),
+        layers: layers as u32,
+        phase: Phase::Prefill,
+        batch: 1,
+        tokens: prompt as u32,
+        seconds: prefill,
+    });
+    for &batch in batches {
+        let seqs: Vec<SeqId> = (1..=batch as SeqId).collect();
+        for &s in &seqs {
+            stage.forward(&[SeqChunk::new(s, 0, context)], random(context))?;
+        }
+        let mut pos = context;
+        let decode = median_seconds(repeats, || {
+            let chunks: Vec<SeqChunk> = seqs.iter().map(|&s| SeqChunk::new(s, pos, 1)).collect();
+            sync(stage.forward(&chunks, random(batch))?);
+            pos += 1;
+            Ok(())
+        })?;
+        for &s in &seqs {
+            stage.free(s);
+        }
+        out.push(MeasuredStageTime {
+            device: device_name.to_string(),
+            layers: layers as u32,
+            phase: Phase::Decode,
+            batch: batch as u32,
+            tokens: batch as u32,
+            seconds: decode,
+        });
+    }
+    Ok(out)
+}

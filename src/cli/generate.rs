@@ -1,0 +1,123 @@
+//! `tokenflow generate`: stream a completion and report prefill and decode speed.
+
+use super::load::load_pipeline;
+use anyhow::{Context, bail};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
+use tokenflow_operators::chat::render_user_prompt;
+use tokenflow_operators::llama::{even_splits, parse_splits};
+use tokenflow_operators::tokenizer::TokenTextStream;
+use tokenflow_operators::SamplingParams;
+
+/// Arguments of `tokenflow generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// GGUF model file.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Penalty on tokens already seen (1 = none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Seed of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Block ranges of the stages, e.g. `0..10,10..20,20..30` (default: one stage).
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// Runs `tokenflow generate`.
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if !args.model.exists() {
+        bail!(
+            "model file {} not found; fetch SmolLM2 with `scripts/fetch-model.sh` or pass --model",
+            args.model.display()
+        );
+    }
+    let probe = tokenflow_operators::LlamaModel::open(&args.model)?;
+    let splits = match &args.stages {
+        Some(s) => parse_splits(s).map_err(anyhow::Error::msg).context("--stages")?,
+        None => even_splits(probe.config.n_layers, 1),
+    };
+    drop(probe);
+    let load_start = Instant::now();
+    let (model, pipeline) = load_pipeline(&args.model, &splits, 1 << 30)?;
+    let load_time = load_start.elapsed();
+    let text = if args.chat { render_user_prompt(&args.prompt) } else { args.prompt.clone() };
+    let prompt = model.tokenizer.encode(&text)?;
+    let mut stop_tokens = Vec::new();
+    if !args.ignore_eos {
+        stop_tokens.push(model.tokenizer.eos_id());
+        if let Ok(ids) = model.tokenizer.encode("<|im_end|>")
+            && ids.len() == 1
+        {
+            stop_tokens.push(ids[0]);
+        }
+    }
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+    };
+    let mut generator = DirectGenerator::new(pipeline, GeneratorConfig::default());
+    generator.submit(Request { id: 0, prompt: prompt.clone(), max_tokens: args.max_tokens, sampling, stop_tokens: stop_tokens.clone() });
+
+    eprintln!("loaded {} stages in {:.2?}; prompt of {} tokens", splits.len(), load_time, prompt.len());
+    let mut stream = TokenTextStream::new();
+    let mut out = std::io::stdout().lock();
+    let start = Instant::now();
+    let mut first_token_at = None;
+    let mut generated = 0usize;
+    while generator.has_work() {
+        for event in generator.step()? {
+            if let TokenEvent::Token { token, .. } = event {
+                first_token_at.get_or_insert_with(|| start.elapsed());
+                generated += 1;
+                if !stop_tokens.contains(&token) {
+                    write!(out, "{}", stream.push(&model.tokenizer, token)?)?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    writeln!(out)?;
+    let total = start.elapsed();
+    let prefill = first_token_at.unwrap_or(total);
+    let decode = total - prefill;
+    eprintln!(
+        "prefill: {} tokens in {:.3}s ({:.1} tok/s); decode: {} tokens in {:.3}s ({:.1} tok/s)",
+        prompt.len(),
+        prefill.as_secs_f64(),
+        prompt.len() as f64 / prefill.as_secs_f64(),
+        generated.saturating_sub(1),
+        decode.as_secs_f64(),
+        generated.saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9),
+    );
+    Ok(())
+}
