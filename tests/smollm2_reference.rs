@@ -24,9 +24,18 @@ fn model() -> LlamaModel {
 fn prompt_token_ids_equal_the_reference() {
     let model = model();
     for p in reference_run().prompts {
-        let text = if p.chat { render_user_prompt(&p.prompt) } else { p.prompt.clone() };
+        let text = if p.chat {
+            render_user_prompt(&p.prompt)
+        } else {
+            p.prompt.clone()
+        };
         assert_eq!(text, p.text, "{}: template", p.name);
-        assert_eq!(model.tokenizer.encode(&text).unwrap(), p.prompt_ids, "{}: ids", p.name);
+        assert_eq!(
+            model.tokenizer.encode(&text).unwrap(),
+            p.prompt_ids,
+            "{}: ids",
+            p.name
+        );
     }
 }
 
@@ -41,27 +50,51 @@ fn tokenizer_cases_equal_the_reference() {
     let cases: Vec<Case> = serde_json::from_str(&common::fixture("tokenizer_cases.json")).unwrap();
     assert!(cases.len() >= 20);
     for case in cases {
-        assert_eq!(model.tokenizer.encode(&case.text).unwrap(), case.ids, "encoding {:?}", case.text);
-        assert_eq!(model.tokenizer.decode(&case.ids).unwrap(), case.text, "decoding {:?}", case.text);
+        assert_eq!(
+            model.tokenizer.encode(&case.text).unwrap(),
+            case.ids,
+            "encoding {:?}",
+            case.text
+        );
+        assert_eq!(
+            model.tokenizer.decode(&case.ids).unwrap(),
+            case.text,
+            "decoding {:?}",
+            case.text
+        );
     }
 }
 
 #[test]
 fn logits_match_the_reference_at_every_step() {
     let model = model();
-    let mut pipeline = model.pipeline(&even_splits(30, 1), u64::MAX, &default_device(), &mut |_, _| {}).unwrap();
+    let mut pipeline = model
+        .pipeline(
+            &even_splits(30, 1),
+            u64::MAX,
+            &default_device(),
+            &mut |_, _| {},
+        )
+        .unwrap();
     let mut worst = 0f32;
     for (seq, p) in reference_run().prompts.iter().enumerate() {
         let seq = seq as u64;
         let mut pos = 0;
         let mut input = p.prompt_ids.clone();
         for (step, top5) in p.top5.iter().enumerate() {
-            let logits = pipeline.forward(&[SeqChunk::new(seq, pos, input.len())], &input).unwrap();
+            let logits = pipeline
+                .forward(&[SeqChunk::new(seq, pos, input.len())], &input)
+                .unwrap();
             let row = &Head::to_rows(logits).unwrap()[0];
             for &(id, reference) in top5 {
                 let diff = (row[id as usize] - reference).abs();
                 worst = worst.max(diff);
-                assert!(diff <= LOGIT_TOLERANCE, "{} step {step}: logit of {id} is {} vs {reference}", p.name, row[id as usize]);
+                assert!(
+                    diff <= LOGIT_TOLERANCE,
+                    "{} step {step}: logit of {id} is {} vs {reference}",
+                    p.name,
+                    row[id as usize]
+                );
             }
             pos += input.len();
             input = vec![p.tokens[step]];
@@ -72,9 +105,19 @@ fn logits_match_the_reference_at_every_step() {
 }
 
 /// Greedy tokens of every prompt through stages `splits`, all prompts batched together or one by one.
-fn greedy(model: &LlamaModel, prompts: &[ReferencePrompt], splits: &[Range<usize>], batched: bool) -> Vec<Vec<u32>> {
-    let pipeline = model.pipeline(splits, u64::MAX, &default_device(), &mut |_, _| {}).unwrap();
-    let config = GeneratorConfig { max_sequences: if batched { 64 } else { 1 }, ..GeneratorConfig::default() };
+fn greedy(
+    model: &LlamaModel,
+    prompts: &[ReferencePrompt],
+    splits: &[Range<usize>],
+    batched: bool,
+) -> Vec<Vec<u32>> {
+    let pipeline = model
+        .pipeline(splits, u64::MAX, &default_device(), &mut |_, _| {})
+        .unwrap();
+    let config = GeneratorConfig {
+        max_sequences: if batched { 64 } else { 1 },
+        ..GeneratorConfig::default()
+    };
     let mut generator = DirectGenerator::new(pipeline, config);
     for (i, p) in prompts.iter().enumerate() {
         generator.submit(Request {
@@ -97,7 +140,12 @@ fn assert_matches_reference(prompts: &[ReferencePrompt], got: &[Vec<u32>], what:
         // Past a step where the reference's top two logits are within 0.01, f32
         // rounding may legitimately pick the other token.
         let exact = p.first_small_margin_step.unwrap_or(p.tokens.len());
-        assert_eq!(&tokens[..exact], &p.tokens[..exact], "{what}: {} differs from the reference", p.name);
+        assert_eq!(
+            &tokens[..exact],
+            &p.tokens[..exact],
+            "{what}: {} differs from the reference",
+            p.name
+        );
     }
 }
 
@@ -117,7 +165,10 @@ fn greedy_tokens_equal_the_reference_for_every_split() {
     ];
     for (name, split) in splits {
         let batched = greedy(&model, &prompts, &split, true);
-        assert_eq!(batched, whole, "{name}, batched: tokens differ from the unsplit, unbatched model");
+        assert_eq!(
+            batched, whole,
+            "{name}, batched: tokens differ from the unsplit, unbatched model"
+        );
     }
     let split_unbatched = greedy(&model, &prompts, &[0..7, 7..30], false);
     assert_eq!(split_unbatched, whole, "2 uneven stages, unbatched");

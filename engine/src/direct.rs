@@ -23,7 +23,11 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { token_budget: 512, max_prefill_chunk: 256, max_sequences: 64 }
+        Self {
+            token_budget: 512,
+            max_prefill_chunk: 256,
+            max_sequences: 64,
+        }
     }
 }
 
@@ -50,6 +54,9 @@ pub enum TokenEvent {
     },
 }
 
+/// One step's work: chunks, their tokens stacked, and the index in `running` of each chunk's sequence.
+type StepBatch = (Vec<SeqChunk>, Vec<u32>, Vec<usize>);
+
 #[derive(Debug)]
 struct Running {
     request: Request,
@@ -65,18 +72,35 @@ pub struct DirectGenerator {
     config: GeneratorConfig,
     waiting: VecDeque<Running>,
     running: Vec<Running>,
+    /// Set when a sequence was preempted for lack of KV room; no new sequence
+    /// starts until one finishes, so the preempted one cannot be re-admitted into
+    /// the same shortage over and over.
+    admission_paused: bool,
 }
 
 impl DirectGenerator {
     /// A generator over `pipeline`.
     pub fn new(pipeline: StagePipeline, config: GeneratorConfig) -> Self {
-        Self { pipeline, config, waiting: VecDeque::new(), running: Vec::new() }
+        Self {
+            pipeline,
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            admission_paused: false,
+        }
     }
 
     /// Queues `request`; it starts when there is room.
     pub fn submit(&mut self, request: Request) {
-        let log = TokenLog { prompt: request.prompt.clone(), generated: Vec::new() };
-        self.waiting.push_back(Running { request, log, cached: 0 });
+        let log = TokenLog {
+            prompt: request.prompt.clone(),
+            generated: Vec::new(),
+        };
+        self.waiting.push_back(Running {
+            request,
+            log,
+            cached: 0,
+        });
     }
 
     /// Whether any sequence is waiting or running.
@@ -94,8 +118,13 @@ impl DirectGenerator {
     /// A request whose prompt can never fit the KV capacity is refused with the
     /// error; requests that merely do not fit now keep waiting.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>, StageError> {
-        while self.running.len() < self.config.max_sequences {
-            let Some(run) = self.waiting.pop_front() else { break };
+        if self.running.is_empty() {
+            self.admission_paused = false;
+        }
+        while !self.admission_paused && self.running.len() < self.config.max_sequences {
+            let Some(run) = self.waiting.pop_front() else {
+                break;
+            };
             self.running.push(run);
         }
         let (chunks, tokens, owners) = self.schedule()?;
@@ -114,7 +143,11 @@ impl DirectGenerator {
             let history: Vec<u32> = run.log.tokens().collect();
             let token = sample(&run.request.sampling, &row, &history, run.log.len());
             run.log.generated.push(token);
-            events.push(TokenEvent::Token { seq: chunk.seq, index: run.log.generated.len() - 1, token });
+            events.push(TokenEvent::Token {
+                seq: chunk.seq,
+                index: run.log.generated.len() - 1,
+                token,
+            });
             let reason = if run.request.stop_tokens.contains(&token) {
                 Some(FinishReason::Stop)
             } else if run.log.generated.len() >= run.request.max_tokens {
@@ -126,17 +159,22 @@ impl DirectGenerator {
                 finished.push((idx, reason));
             }
         }
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|&(idx, _)| std::cmp::Reverse(idx));
         for (idx, reason) in finished {
-            let run = self.running.swap_remove(idx);
+            let run = self.running.remove(idx);
             self.pipeline.free(run.request.id);
-            events.push(TokenEvent::Finished { seq: run.request.id, reason, log: run.log });
+            self.admission_paused = false;
+            events.push(TokenEvent::Finished {
+                seq: run.request.id,
+                reason,
+                log: run.log,
+            });
         }
         Ok(events)
     }
 
     /// Picks this step's chunks: every decode first, then prefill chunks within the budget.
-    fn schedule(&mut self) -> Result<(Vec<SeqChunk>, Vec<u32>, Vec<usize>), StageError> {
+    fn schedule(&mut self) -> Result<StepBatch, StageError> {
         let mut chunks = Vec::new();
         let mut tokens = Vec::new();
         let mut owners = Vec::new();
@@ -174,12 +212,15 @@ impl DirectGenerator {
             }
             // Preempt the youngest; it restarts later from its token log.
             self.waiting.push_front(Running { cached: 0, ..run });
+            self.admission_paused = true;
         }
         Ok((chunks, tokens, owners))
     }
 
     /// Runs until every request has finished, returning the logs in completion order.
-    pub fn run_to_completion(&mut self) -> Result<Vec<(SeqId, FinishReason, TokenLog)>, StageError> {
+    pub fn run_to_completion(
+        &mut self,
+    ) -> Result<Vec<(SeqId, FinishReason, TokenLog)>, StageError> {
         let mut done = Vec::new();
         while self.has_work() {
             for event in self.step()? {

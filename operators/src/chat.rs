@@ -34,7 +34,10 @@ pub fn render_chat(messages: &[ChatMessage]) -> String {
         ));
     }
     for m in messages {
-        out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+        out.push_str(&format!(
+            "<|im_start|>{}\n{}<|im_end|>\n",
+            m.role, m.content
+        ));
     }
     out.push_str("<|im_start|>assistant\n");
     out
@@ -60,7 +63,10 @@ mod tests {
 
     #[test]
     fn explicit_system_turn_replaces_default() {
-        let p = render_chat(&[ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")]);
+        let p = render_chat(&[
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ]);
         assert!(p.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n"));
         assert!(!p.contains("SmolLM"));
     }

@@ -16,5 +16,9 @@ pub fn default_device() -> Device {
 
 /// A short name of the device kind, for reports.
 pub fn device_name() -> &'static str {
-    if cfg!(feature = "cuda") { "cuda" } else { "cpu-flex" }
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "cpu-flex"
+    }
 }

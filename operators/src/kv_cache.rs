@@ -24,7 +24,9 @@ pub enum KvError {
         capacity: u64,
     },
     /// A chunk that does not continue the sequence's cache where it ends.
-    #[error("sequence {seq}: chunk starts at position {start}, but its KV cache holds {held} tokens")]
+    #[error(
+        "sequence {seq}: chunk starts at position {start}, but its KV cache holds {held} tokens"
+    )]
     PositionMismatch {
         /// The sequence.
         seq: SeqId,
@@ -116,8 +118,11 @@ impl KvStore {
             } else if start != held {
                 return Err(KvError::PositionMismatch { seq, start, held });
             }
-            needed += len as u64 * self.bytes_per_token;
-            let available = (self.capacity_bytes + freed).saturating_sub(self.used_bytes);
+            needed = needed.saturating_add(len as u64 * self.bytes_per_token);
+            let available = self
+                .capacity_bytes
+                .saturating_add(freed)
+                .saturating_sub(self.used_bytes);
             if needed > available {
                 return Err(KvError::CapacityExceeded {
                     seq,
@@ -173,7 +178,15 @@ mod tests {
         let store = KvStore::new(100, 1000);
         assert!(store.admit(&[(1, 0, 10)]).is_ok());
         let err = store.admit(&[(1, 0, 6), (2, 0, 5)]).unwrap_err();
-        assert!(matches!(err, KvError::CapacityExceeded { seq: 2, needed: 500, available: 400, capacity: 1000 }));
+        assert!(matches!(
+            err,
+            KvError::CapacityExceeded {
+                seq: 2,
+                needed: 500,
+                available: 400,
+                capacity: 1000
+            }
+        ));
     }
 
     #[test]
@@ -181,7 +194,11 @@ mod tests {
         let store = KvStore::new(100, 1000);
         assert_eq!(
             store.admit(&[(7, 3, 1)]),
-            Err(KvError::PositionMismatch { seq: 7, start: 3, held: 0 })
+            Err(KvError::PositionMismatch {
+                seq: 7,
+                start: 3,
+                held: 0
+            })
         );
     }
 }

@@ -14,6 +14,8 @@ pub mod tokenizer;
 
 pub use burn::tensor::{Device, Tensor};
 pub use kv_cache::SeqId;
-pub use llama::{Blocks, Embed, Head, LlamaConfig, LlamaModel, ModelError, SeqChunk, StageError, StagePipeline};
+pub use llama::{
+    Blocks, Embed, Head, LlamaConfig, LlamaModel, ModelError, SeqChunk, StageError, StagePipeline,
+};
 pub use sampler::SamplingParams;
 pub use tokenizer::TextTokenizer;

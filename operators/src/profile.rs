@@ -32,7 +32,10 @@ pub fn static_profile(name: &str, config: &LlamaConfig) -> ModelProfile {
 }
 
 /// Median of `repeats` timings of `f`.
-fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<(), StageError>) -> Result<f64, StageError> {
+fn median_seconds(
+    repeats: usize,
+    mut f: impl FnMut() -> Result<(), StageError>,
+) -> Result<f64, StageError> {
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let t = Instant::now();
@@ -43,21 +46,44 @@ fn median_seconds(repeats: usize, mut f: impl FnMut() -> Result<(), StageError>)
     Ok(times[times.len() / 2])
 }
 
-/// Measures one `Blocks` stage of `layers` blocks: prefill of `prompt` tokens, and
-/// decode at each batch size in `batches` with `context` tokens already cached.
+/// What [`measure_blocks`] measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageMeasurement {
+    /// Blocks in the measured stage.
+    pub layers: usize,
+    /// Tokens of the measured prefill.
+    pub prompt: usize,
+    /// Tokens already cached before the measured decode steps.
+    pub context: usize,
+    /// Decode batch sizes.
+    pub batches: Vec<usize>,
+    /// Timed calls per measurement (the median is kept).
+    pub repeats: usize,
+}
+
+/// Measures one `Blocks` stage on `device`: a prefill, and decode at each batch size.
 pub fn measure_blocks(
     model: &LlamaModel,
     device_name: &str,
     device: &Device,
-    layers: usize,
-    prompt: usize,
-    context: usize,
-    batches: &[usize],
-    repeats: usize,
+    spec: &StageMeasurement,
 ) -> Result<Vec<MeasuredStageTime>, StageError> {
     let c = &model.config;
+    let StageMeasurement {
+        layers,
+        prompt,
+        context,
+        ref batches,
+        repeats,
+    } = *spec;
     let mut stage = model.blocks(0..layers, u64::MAX, device, &mut |_, _| {})?;
-    let random = |rows: usize| Tensor::<2>::random([rows, c.hidden], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+    let random = |rows: usize| {
+        Tensor::<2>::random(
+            [rows, c.hidden],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        )
+    };
     let sync = |t: Tensor<2>| t.into_data();
     let mut out = Vec::new();
     let prefill = median_seconds(repeats, || {

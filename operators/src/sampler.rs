@@ -68,7 +68,11 @@ pub fn sample(params: &SamplingParams, logits: &[f32], history: &[u32], position
         seen.dedup();
         for &t in &seen {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / params.repetition_penalty
+                } else {
+                    *l * params.repetition_penalty
+                };
             }
         }
     }
@@ -76,7 +80,11 @@ pub fn sample(params: &SamplingParams, logits: &[f32], history: &[u32], position
         return argmax(&logits);
     }
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     if params.top_k > 0 {
         order.truncate(params.top_k);
     }
@@ -100,7 +108,9 @@ pub fn sample(params: &SamplingParams, logits: &[f32], history: &[u32], position
         probs.truncate(keep);
     }
     let total: f64 = probs.iter().sum();
-    let mut rng = ChaCha12Rng::seed_from_u64(params.seed ^ (position as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = ChaCha12Rng::seed_from_u64(
+        params.seed ^ (position as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
     let mut draw = rng.random::<f64>() * total;
     for (&t, &p) in order.iter().zip(&probs) {
         draw -= p;
@@ -117,28 +127,46 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_first_maximum() {
-        assert_eq!(sample(&SamplingParams::greedy(), &[0.1, 2.0, 2.0, -1.0], &[], 0), 1);
+        assert_eq!(
+            sample(&SamplingParams::greedy(), &[0.1, 2.0, 2.0, -1.0], &[], 0),
+            1
+        );
     }
 
     #[test]
     fn repetition_penalty_changes_the_choice() {
-        let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
         assert_eq!(sample(&p, &[1.0, 1.5], &[1], 0), 0);
     }
 
     #[test]
     fn seeded_sampling_depends_only_on_seed_and_position() {
-        let p = SamplingParams { temperature: 1.0, seed: 42, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: 42,
+            ..SamplingParams::greedy()
+        };
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let a: Vec<u32> = (0..20).map(|pos| sample(&p, &logits, &[], pos)).collect();
         let b: Vec<u32> = (0..20).map(|pos| sample(&p, &logits, &[], pos)).collect();
         assert_eq!(a, b);
-        assert!(a.iter().any(|&t| t != a[0]), "draws at different positions differ");
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "draws at different positions differ"
+        );
     }
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams { temperature: 5.0, top_k: 1, seed: 3, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            seed: 3,
+            ..SamplingParams::greedy()
+        };
         let logits = [0.5, 3.0, 2.9, 0.0];
         for pos in 0..50 {
             assert_eq!(sample(&p, &logits, &[], pos), 1);
@@ -147,7 +175,12 @@ mod tests {
 
     #[test]
     fn top_p_keeps_the_nucleus() {
-        let p = SamplingParams { temperature: 1.0, top_p: 0.5, seed: 9, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 9,
+            ..SamplingParams::greedy()
+        };
         let logits = [10.0, 0.0, 0.0, 0.0];
         for pos in 0..50 {
             assert_eq!(sample(&p, &logits, &[], pos), 0);

@@ -27,7 +27,9 @@ pub enum TokenizerError {
         supported: &'static str,
     },
     /// A merge entry without a space separating its two parts.
-    #[error("tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space")]
+    #[error(
+        "tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space"
+    )]
     BadMerge {
         /// Index of the merge.
         index: usize,

@@ -3,5 +3,46 @@
 //!
 //! This crate depends on neither burn nor timely, so a strategy or a router
 //! exists once and is used by both the real engine and the simulator.
+//!
+//! Entry points: [`Cluster::from_path`], [`presets::load_model`], [`plan_with`],
+//! [`evaluate()`], [`compare_all`] and the [`strategy`] registry.
 
+#![warn(missing_docs)]
+
+pub mod availability;
+pub mod cluster;
+pub mod compare;
+pub mod cost;
+pub mod error;
+pub mod evaluate;
+pub mod flow;
+pub mod gpu_catalog;
+pub mod lp;
+pub mod options;
+pub mod plan;
+pub mod plot;
+pub mod presets;
 pub mod profile;
+pub mod router;
+pub mod strategy;
+
+pub use cluster::Cluster;
+pub use compare::{Comparison, compare_all};
+pub use error::{PlanError, ValidationError};
+pub use evaluate::{Evaluation, evaluate};
+pub use options::PlanOptions;
+pub use plan::Plan;
+pub use profile::ModelProfile;
+
+/// Plans with the strategy called `strategy_name` (see [`strategy::names`]).
+pub fn plan_with(
+    strategy_name: &str,
+    cluster: &Cluster,
+    model: &ModelProfile,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    presets::check_model(model)?;
+    let s = strategy::by_name(strategy_name)?;
+    let ctx = strategy::Context::new(cluster, model, options);
+    s.plan(&ctx)
+}

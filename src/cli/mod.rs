@@ -2,4 +2,5 @@
 
 pub mod generate;
 pub mod load;
+pub mod plan;
 pub mod profile;

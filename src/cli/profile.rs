@@ -3,9 +3,9 @@
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
-use tokenflow_operators::device::{default_device, device_name};
-use tokenflow_operators::profile::{measure_blocks, static_profile};
 use tokenflow_operators::LlamaModel;
+use tokenflow_operators::device::{default_device, device_name};
+use tokenflow_operators::profile::{StageMeasurement, measure_blocks, static_profile};
 
 /// Arguments of `tokenflow profile`.
 #[derive(Debug, Args)]
@@ -27,13 +27,27 @@ pub struct ProfileArgs {
 /// Runs `tokenflow profile`.
 pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let model = LlamaModel::open(&args.model)?;
-    let name = model.file.metadata.str("general.name").unwrap_or("model").to_string();
+    let name = model
+        .file
+        .metadata
+        .str("general.name")
+        .unwrap_or("model")
+        .to_string();
     let mut profile = static_profile(&name, &model.config);
     let layers = args.layers.clamp(1, model.config.n_layers);
-    profile.measured = measure_blocks(&model, device_name(), &default_device(), layers, 64, 64, &args.batches, 5)?;
+    let spec = StageMeasurement {
+        layers,
+        prompt: 64,
+        context: 64,
+        batches: args.batches.clone(),
+        repeats: 5,
+    };
+    profile.measured = measure_blocks(&model, device_name(), &default_device(), &spec)?;
     let json = serde_json::to_string_pretty(&profile)?;
     match args.out {
-        Some(path) => std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?
+        }
         None => println!("{json}"),
     }
     Ok(())

@@ -16,14 +16,21 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32
     let mut out = vec![0f32; elements];
     let block_bytes = ty.block_bytes() as usize;
     let block_elems = ty.block_elements() as usize;
-    if elements % block_elems != 0 || bytes.len() != elements / block_elems * block_bytes {
+    if !elements.is_multiple_of(block_elems) || bytes.len() != elements / block_elems * block_bytes
+    {
         return Err(ty);
     }
-    let blocks = bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(block_elems));
+    let blocks = bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(block_elems));
     match ty {
-        GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        GgmlType::F32 => {
+            blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
         GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),
-        GgmlType::BF16 => blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlType::BF16 => {
+            blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        }
         GgmlType::Q8_0 => blocks.for_each(|(b, y)| {
             let d = f16_at(b, 0);
             for (j, yj) in y.iter_mut().enumerate() {
@@ -135,7 +142,7 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
 /// Returns the type back if it has no quantizer here or if `values` is not a whole number of blocks.
 pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlType> {
     let block = ty.block_elements() as usize;
-    if values.len() % block != 0 {
+    if !values.len().is_multiple_of(block) {
         return Err(ty);
     }
     let mut out = Vec::with_capacity(values.len() / block * ty.block_bytes() as usize);
@@ -155,7 +162,9 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgmlType> {
             out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
         }),
         GgmlType::Q4_0 => values.chunks_exact(32).for_each(|x| {
-            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let max = x
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             out.extend(f16::from_f32(d).to_le_bytes());

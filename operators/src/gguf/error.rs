@@ -23,7 +23,9 @@ pub enum GgufError {
     #[error("unsupported GGUF version {0} (supported: 2 and 3)")]
     UnsupportedVersion(u32),
     /// The file ends before a field that the header promises.
-    #[error("file truncated: {what} needs {needed} bytes at offset {offset}, but the file has {len}")]
+    #[error(
+        "file truncated: {what} needs {needed} bytes at offset {offset}, but the file has {len}"
+    )]
     Truncated {
         /// What was being read.
         what: String,
@@ -45,7 +47,9 @@ pub enum GgufError {
         len: u64,
     },
     /// A string longer than the limit or than the rest of the file.
-    #[error("{what}: string length {length} at offset {offset} exceeds the file or the {limit}-byte limit")]
+    #[error(
+        "{what}: string length {length} at offset {offset} exceeds the file or the {limit}-byte limit"
+    )]
     AbsurdString {
         /// Where the string is.
         what: String,
@@ -105,7 +109,9 @@ pub enum GgufError {
         shape: Vec<u64>,
     },
     /// A row length that is not a multiple of the quantization block.
-    #[error("tensor {name:?}: row of {row} elements is not a multiple of the {block}-element block of {ty}")]
+    #[error(
+        "tensor {name:?}: row of {row} elements is not a multiple of the {block}-element block of {ty}"
+    )]
     BadBlockMultiple {
         /// The tensor.
         name: String,
@@ -117,7 +123,9 @@ pub enum GgufError {
         ty: String,
     },
     /// Tensor data that lies outside the data section.
-    #[error("tensor {name:?}: data bytes {start}..{end} lie outside the data section of {len} bytes")]
+    #[error(
+        "tensor {name:?}: data bytes {start}..{end} lie outside the data section of {len} bytes"
+    )]
     OutOfBounds {
         /// The tensor.
         name: String,

@@ -127,7 +127,8 @@ impl Metadata {
     /// A required unsigned integer.
     pub fn u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| Self::wrong(key, v, "unsigned integer"))
+        v.as_u64()
+            .ok_or_else(|| Self::wrong(key, v, "unsigned integer"))
     }
 
     /// A required number.

@@ -184,7 +184,7 @@ impl GgufFile {
                     name: name.clone(),
                     shape: shape.clone(),
                 })?;
-            if shape[0] % ty.block_elements() != 0 {
+            if !shape[0].is_multiple_of(ty.block_elements()) {
                 return Err(GgufError::BadBlockMultiple {
                     name,
                     row: shape[0],
@@ -192,7 +192,7 @@ impl GgufFile {
                     ty: ty.to_string(),
                 });
             }
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(GgufError::Misaligned {
                     name,
                     offset,
@@ -310,7 +310,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("length checked"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("length checked"))
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {

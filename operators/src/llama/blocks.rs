@@ -36,7 +36,13 @@ pub struct Blocks {
 
 /// Root-mean-square norm over the last dimension, scaled by `weight`.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
-    let inv = x.clone().powi_scalar(2).mean_dim(1).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .powi_scalar(2)
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * inv * weight.clone().unsqueeze_dim(0)
 }
 
@@ -69,10 +75,18 @@ impl Blocks {
             blocks.push(Block {
                 attn_norm: vector(file, &name("attn_norm"), h, device, progress)?,
                 qkv: stacked(vec![q, k, v], h, device),
-                out: stacked(vec![matrix(file, &name("attn_output"), h, h, progress)?], h, device),
+                out: stacked(
+                    vec![matrix(file, &name("attn_output"), h, h, progress)?],
+                    h,
+                    device,
+                ),
                 ffn_norm: vector(file, &name("ffn_norm"), h, device, progress)?,
                 gate_up: stacked(vec![gate, up], h, device),
-                down: stacked(vec![matrix(file, &name("ffn_down"), f, h, progress)?], f, device),
+                down: stacked(
+                    vec![matrix(file, &name("ffn_down"), f, h, progress)?],
+                    f,
+                    device,
+                ),
             });
         }
         let bytes_per_token = config.kv_bytes_per_token_per_layer() * layers.len() as u64;
@@ -114,7 +128,11 @@ impl Blocks {
     ///
     /// Each chunk must continue its sequence's cache (or start at 0, which restarts
     /// it). Admission is all-or-nothing: on error nothing is changed.
-    pub fn forward(&mut self, chunks: &[SeqChunk], hidden: Tensor<2>) -> Result<Tensor<2>, StageError> {
+    pub fn forward(
+        &mut self,
+        chunks: &[SeqChunk],
+        hidden: Tensor<2>,
+    ) -> Result<Tensor<2>, StageError> {
         let rows = total_rows(chunks);
         if hidden.dims() != [rows, self.config.hidden] {
             return Err(StageError::BatchMismatch(format!(
@@ -131,13 +149,26 @@ impl Blocks {
                 });
             }
         }
-        let plan: Vec<(SeqId, usize, usize)> = chunks.iter().map(|c| (c.seq, c.start, c.len)).collect();
+        let plan: Vec<(SeqId, usize, usize)> =
+            chunks.iter().map(|c| (c.seq, c.start, c.len)).collect();
         self.kv.admit(&plan)?;
 
-        let positions: Vec<usize> = chunks.iter().flat_map(|c| c.start..c.start + c.len).collect();
-        let rope = RopeAngles::new(&positions, self.config.head_dim, self.config.rope_base, &self.device);
-        let masks: Vec<Option<Tensor<3, Bool>>> = chunks.iter().map(|c| self.causal_mask(c)).collect();
-        let mut states: Vec<_> = chunks.iter().map(|c| self.kv.take(c.seq, c.start)).collect();
+        let positions: Vec<usize> = chunks
+            .iter()
+            .flat_map(|c| c.start..c.start + c.len)
+            .collect();
+        let rope = RopeAngles::new(
+            &positions,
+            self.config.head_dim,
+            self.config.rope_base,
+            &self.device,
+        );
+        let masks: Vec<Option<Tensor<3, Bool>>> =
+            chunks.iter().map(|c| self.causal_mask(c)).collect();
+        let mut states: Vec<_> = chunks
+            .iter()
+            .map(|c| self.kv.take(c.seq, c.start))
+            .collect();
 
         let mut x = hidden;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -189,8 +220,14 @@ impl Blocks {
         let normed = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
         let qkv = normed.matmul(block.qkv.clone().transpose());
         let q = rope.apply(qkv.clone().narrow(1, 0, h).reshape([rows, c.n_heads, hd]));
-        let k = rope.apply(qkv.clone().narrow(1, h, kv_dim).reshape([rows, c.n_kv_heads, hd]));
-        let v = qkv.narrow(1, h + kv_dim, kv_dim).reshape([rows, c.n_kv_heads, hd]);
+        let k = rope.apply(
+            qkv.clone()
+                .narrow(1, h, kv_dim)
+                .reshape([rows, c.n_kv_heads, hd]),
+        );
+        let v = qkv
+            .narrow(1, h + kv_dim, kv_dim)
+            .reshape([rows, c.n_kv_heads, hd]);
 
         let scale = 1.0 / (hd as f32).sqrt();
         let mut outputs = Vec::with_capacity(chunks.len());
@@ -214,10 +251,15 @@ impl Blocks {
                 .reshape([len, c.n_kv_heads, group, hd])
                 .permute([1, 2, 0, 3])
                 .reshape([c.n_kv_heads, group * len, hd]);
-            let mut scores = q_chunk.matmul(keys.clone().swap_dims(1, 2)).mul_scalar(scale);
+            let mut scores = q_chunk
+                .matmul(keys.clone().swap_dims(1, 2))
+                .mul_scalar(scale);
             if let Some(mask) = mask {
                 let context = keys.dims()[1];
-                scores = scores.mask_fill(mask.clone().expand([c.n_kv_heads, group * len, context]), f32::NEG_INFINITY);
+                scores = scores.mask_fill(
+                    mask.clone().expand([c.n_kv_heads, group * len, context]),
+                    f32::NEG_INFINITY,
+                );
             }
             let attn = softmax(scores, 2).matmul(values.clone());
             outputs.push(
@@ -233,7 +275,11 @@ impl Blocks {
             }
             row += len;
         }
-        let attn = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(outputs, 0) };
+        let attn = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(outputs, 0)
+        };
         let x = x + attn.matmul(block.out.clone().transpose());
 
         let normed = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);

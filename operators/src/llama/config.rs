@@ -60,7 +60,7 @@ impl LlamaConfig {
             Some(_) => positive("attention.head_count_kv")?,
             None => n_heads,
         };
-        if hidden % n_heads != 0 || n_heads % n_kv_heads != 0 {
+        if !hidden.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(GgufError::BadValue {
                 key: key("attention.head_count"),
                 reason: format!(
@@ -69,7 +69,7 @@ impl LlamaConfig {
             });
         }
         let head_dim = hidden / n_heads;
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(GgufError::BadValue {
                 key: key("attention.head_count"),
                 reason: format!("head size {head_dim} is odd; RoPE needs pairs"),

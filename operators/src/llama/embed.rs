@@ -22,9 +22,18 @@ impl Embed {
         device: &Device,
         progress: LoadProgress,
     ) -> Result<Self, StageError> {
-        let values = matrix(file, "token_embd.weight", config.hidden, config.vocab_size, progress)?;
+        let values = matrix(
+            file,
+            "token_embd.weight",
+            config.hidden,
+            config.vocab_size,
+            progress,
+        )?;
         Ok(Self {
-            table: Tensor::from_data(TensorData::new(values, [config.vocab_size, config.hidden]), device),
+            table: Tensor::from_data(
+                TensorData::new(values, [config.vocab_size, config.hidden]),
+                device,
+            ),
             vocab: config.vocab_size,
         })
     }
@@ -39,7 +48,10 @@ impl Embed {
             )));
         }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
-            return Err(StageError::TokenOutOfVocab { id, vocab: self.vocab });
+            return Err(StageError::TokenOutOfVocab {
+                id,
+                vocab: self.vocab,
+            });
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let device = self.table.device();

@@ -26,11 +26,18 @@ impl Head {
         device: &Device,
         progress: LoadProgress,
     ) -> Result<Self, StageError> {
-        let name = if config.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+        let name = if config.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
         let output = matrix(file, name, config.hidden, config.vocab_size, progress)?;
         Ok(Self {
             norm: vector(file, "output_norm.weight", config.hidden, device, progress)?,
-            output: Tensor::from_data(TensorData::new(output, [config.vocab_size, config.hidden]), device),
+            output: Tensor::from_data(
+                TensorData::new(output, [config.vocab_size, config.hidden]),
+                device,
+            ),
             eps: config.rms_eps,
             hidden: config.hidden,
         })
@@ -55,7 +62,10 @@ impl Head {
                 idx.push(end - 1);
             }
             let n = idx.len();
-            hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.norm.device()))
+            hidden.select(
+                0,
+                Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.norm.device()),
+            )
         };
         Ok(rms_norm(last, &self.norm, self.eps).matmul(self.output.clone().transpose()))
     }
@@ -67,6 +77,8 @@ impl Head {
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| StageError::Data(format!("{e:?}")))?;
-        Ok((0..n).map(|i| flat[i * vocab..(i + 1) * vocab].to_vec()).collect())
+        Ok((0..n)
+            .map(|i| flat[i * vocab..(i + 1) * vocab].to_vec())
+            .collect())
     }
 }

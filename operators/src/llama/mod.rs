@@ -57,11 +57,19 @@ impl LlamaModel {
         let file = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&file)?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
-        Ok(Self { file, config, tokenizer })
+        Ok(Self {
+            file,
+            config,
+            tokenizer,
+        })
     }
 
     /// Builds the embedding stage.
-    pub fn embed(&self, device: &Device, progress: weights::LoadProgress) -> Result<Embed, StageError> {
+    pub fn embed(
+        &self,
+        device: &Device,
+        progress: weights::LoadProgress,
+    ) -> Result<Embed, StageError> {
         Embed::load(&self.file, &self.config, device, progress)
     }
 
@@ -73,11 +81,22 @@ impl LlamaModel {
         device: &Device,
         progress: weights::LoadProgress,
     ) -> Result<Blocks, StageError> {
-        Blocks::load(&self.file, &self.config, layers, kv_capacity_bytes, device, progress)
+        Blocks::load(
+            &self.file,
+            &self.config,
+            layers,
+            kv_capacity_bytes,
+            device,
+            progress,
+        )
     }
 
     /// Builds the head stage.
-    pub fn head(&self, device: &Device, progress: weights::LoadProgress) -> Result<Head, StageError> {
+    pub fn head(
+        &self,
+        device: &Device,
+        progress: weights::LoadProgress,
+    ) -> Result<Head, StageError> {
         Head::load(&self.file, &self.config, device, progress)
     }
 
@@ -113,12 +132,20 @@ pub fn check_splits(splits: &[Range<usize>], n_layers: usize) -> Result<(), Stag
     let mut next = 0;
     for r in splits {
         if r.start != next || r.end <= r.start || r.end > n_layers {
-            return Err(StageError::BadLayerRange { start: r.start, end: r.end, n_layers });
+            return Err(StageError::BadLayerRange {
+                start: r.start,
+                end: r.end,
+                n_layers,
+            });
         }
         next = r.end;
     }
     if next != n_layers {
-        return Err(StageError::BadLayerRange { start: next, end: n_layers, n_layers });
+        return Err(StageError::BadLayerRange {
+            start: next,
+            end: n_layers,
+            n_layers,
+        });
     }
     Ok(())
 }
@@ -131,8 +158,14 @@ pub fn parse_splits(text: &str) -> Result<Vec<Range<usize>>, String> {
                 .trim()
                 .split_once("..")
                 .ok_or_else(|| format!("{part:?} is not a range like 0..10"))?;
-            let a = a.trim().parse().map_err(|_| format!("{a:?} is not a layer number"))?;
-            let b = b.trim().parse().map_err(|_| format!("{b:?} is not a layer number"))?;
+            let a = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{a:?} is not a layer number"))?;
+            let b = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{b:?} is not a layer number"))?;
             Ok(a..b)
         })
         .collect()
@@ -141,5 +174,7 @@ pub fn parse_splits(text: &str) -> Result<Vec<Range<usize>>, String> {
 /// `n` contiguous ranges splitting `0..n_layers` as evenly as possible.
 pub fn even_splits(n_layers: usize, n: usize) -> Vec<Range<usize>> {
     let n = n.clamp(1, n_layers);
-    (0..n).map(|i| i * n_layers / n..(i + 1) * n_layers / n).collect()
+    (0..n)
+        .map(|i| i * n_layers / n..(i + 1) * n_layers / n)
+        .collect()
 }

@@ -23,11 +23,19 @@ pub struct StagePipeline {
 impl StagePipeline {
     /// Assembles stages built elsewhere.
     pub fn new(embed: Embed, blocks: Vec<Blocks>, head: Head) -> Self {
-        Self { embed, blocks, head }
+        Self {
+            embed,
+            blocks,
+            head,
+        }
     }
 
     /// Logits `[chunks, vocab]` of the last token of each chunk, updating every stage's KV cache.
-    pub fn forward(&mut self, chunks: &[SeqChunk], tokens: &[u32]) -> Result<Tensor<2>, StageError> {
+    pub fn forward(
+        &mut self,
+        chunks: &[SeqChunk],
+        tokens: &[u32],
+    ) -> Result<Tensor<2>, StageError> {
         let mut hidden = self.embed.forward(chunks, tokens)?;
         for stage in &mut self.blocks {
             hidden = stage.forward(chunks, hidden)?;

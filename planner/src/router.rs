@@ -1,0 +1,306 @@
+//! Paths for new requests, shared with the engine: minimum latency (Dijkstra
+//! over node × stage, as Petals' client does), interleaved weighted round robin on
+//! the plan's flow (Helix), and least loaded. Each masks replicas that are marked
+//! down or have no KV room.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::cluster::Cluster;
+use crate::cost::CostModel;
+use crate::plan::Plan;
+
+/// Live state the routers read.
+#[derive(Debug, Clone, Default)]
+pub struct RouterState {
+    /// Nodes marked down.
+    pub down: HashSet<String>,
+    /// Sequences of KV room left per node (absent: unlimited).
+    pub kv_free_seqs: HashMap<String, u32>,
+    /// Utilisation per node in [0, 1) (absent: idle).
+    pub load: HashMap<String, f64>,
+}
+
+impl RouterState {
+    /// Whether a node can take a new sequence.
+    pub fn usable(&self, node: &str) -> bool {
+        !self.down.contains(node) && self.kv_free_seqs.get(node).is_none_or(|&k| k > 0)
+    }
+    fn load(&self, node: &str) -> f64 {
+        self.load.get(node).copied().unwrap_or(0.0).clamp(0.0, 0.95)
+    }
+}
+
+/// One hop: a node runs stages `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// Node id.
+    pub node: String,
+    /// First stage index.
+    pub first: usize,
+    /// Last stage index (inclusive).
+    pub last: usize,
+}
+
+/// Why no path exists.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Every replica of a stage is down or full.
+    #[error("stage {stage} has no usable replica (all down or without KV room)")]
+    StageUnavailable {
+        /// Stage index.
+        stage: usize,
+    },
+}
+
+/// Picks a path through the plan's stages for a new request.
+pub trait Router {
+    /// Name, e.g. `min-latency`.
+    fn name(&self) -> &'static str;
+    /// One node per stage, merged into hops.
+    fn route(&mut self, state: &RouterState) -> Result<Vec<Hop>, RouteError>;
+}
+
+fn hops(per_stage: Vec<String>) -> Vec<Hop> {
+    let mut out: Vec<Hop> = Vec::new();
+    for (s, node) in per_stage.into_iter().enumerate() {
+        match out.last_mut() {
+            Some(h) if h.node == node => h.last = s,
+            _ => out.push(Hop {
+                node,
+                first: s,
+                last: s,
+            }),
+        }
+    }
+    out
+}
+
+/// Dijkstra (a DP over the layered node × stage graph) on per-token latency:
+/// stage time at batch 1 scaled by 1 / (1 − load), plus link time.
+pub struct MinLatency<'a> {
+    plan: &'a Plan,
+    cluster: &'a Cluster,
+    cost: &'a CostModel,
+}
+
+impl<'a> MinLatency<'a> {
+    /// A router over `plan`.
+    pub fn new(plan: &'a Plan, cluster: &'a Cluster, cost: &'a CostModel) -> Self {
+        MinLatency {
+            plan,
+            cluster,
+            cost,
+        }
+    }
+}
+
+impl Router for MinLatency<'_> {
+    fn name(&self) -> &'static str {
+        "min-latency"
+    }
+    fn route(&mut self, state: &RouterState) -> Result<Vec<Hop>, RouteError> {
+        let mut prev: Vec<(f64, Option<usize>)> = Vec::new();
+        let mut back: Vec<Vec<Option<usize>>> = Vec::new();
+        for (s, st) in self.plan.stages.iter().enumerate() {
+            let mut cur = Vec::new();
+            let mut b = Vec::new();
+            for r in &st.replicas {
+                let Some(i) = self
+                    .cluster
+                    .index_of(&r.node)
+                    .filter(|_| state.usable(&r.node))
+                else {
+                    cur.push((f64::INFINITY, None));
+                    b.push(None);
+                    continue;
+                };
+                let gpu = &self.cluster.nodes[i].gpu;
+                let t =
+                    self.cost.step_time(gpu, &st.layers(), 1.0, 0.0) / (1.0 - state.load(&r.node));
+                if s == 0 {
+                    cur.push((t, Some(i)));
+                    b.push(None);
+                    continue;
+                }
+                let mut best = (f64::INFINITY, None);
+                for (k, &(d, from)) in prev.iter().enumerate() {
+                    let Some(j) = from else { continue };
+                    let link =
+                        self.cost
+                            .link_time(&self.cluster.link(j, i), st.start as usize, 1.0);
+                    if d + link < best.0 {
+                        best = (d + link, Some(k));
+                    }
+                }
+                cur.push((best.0 + t, Some(i)));
+                b.push(best.1);
+            }
+            if cur.iter().all(|c| c.0.is_infinite()) {
+                return Err(RouteError::StageUnavailable { stage: s });
+            }
+            prev = cur;
+            back.push(b);
+        }
+        let (mut k, _) = prev
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.0.total_cmp(&b.1.0))
+            .ok_or(RouteError::StageUnavailable { stage: 0 })?;
+        let mut path = vec![String::new(); self.plan.stages.len()];
+        for s in (0..self.plan.stages.len()).rev() {
+            path[s] = self.plan.stages[s].replicas[k].node.clone();
+            if s > 0 {
+                k = back[s][k].ok_or(RouteError::StageUnavailable { stage: s })?;
+            }
+        }
+        Ok(hops(path))
+    }
+}
+
+/// Smooth weighted round robin (nginx's): each pick adds weights to current
+/// scores, takes the largest, and subtracts the total from it.
+#[derive(Debug, Default, Clone)]
+struct Swrr {
+    current: HashMap<String, f64>,
+}
+
+impl Swrr {
+    fn pick(&mut self, options: &[(String, f64)]) -> Option<String> {
+        let total: f64 = options.iter().map(|o| o.1).sum();
+        if options.is_empty() {
+            return None;
+        }
+        let mut best: Option<(&str, f64)> = None;
+        for (n, w) in options {
+            let c = self.current.entry(n.clone()).or_insert(0.0);
+            *c += if total > 0.0 { *w } else { 1.0 };
+            if best.is_none_or(|b| *c > b.1) {
+                best = Some((n.as_str(), *c));
+            }
+        }
+        let chosen = best?.0.to_string();
+        if let Some(c) = self.current.get_mut(&chosen) {
+            *c -= if total > 0.0 {
+                total
+            } else {
+                options.len() as f64
+            };
+        }
+        Some(chosen)
+    }
+}
+
+/// Helix's interleaved weighted round robin over the plan's flow: stage-0
+/// replica by weight, then each replica's next hops by weight.
+pub struct InterleavedWrr<'a> {
+    plan: &'a Plan,
+    entry: Swrr,
+    per_hop: HashMap<(usize, String), Swrr>,
+}
+
+impl<'a> InterleavedWrr<'a> {
+    /// A router over `plan` (weights from [`crate::flow::assign_routing`]).
+    pub fn new(plan: &'a Plan) -> Self {
+        InterleavedWrr {
+            plan,
+            entry: Swrr::default(),
+            per_hop: HashMap::new(),
+        }
+    }
+}
+
+impl Router for InterleavedWrr<'_> {
+    fn name(&self) -> &'static str {
+        "interleaved-wrr"
+    }
+    fn route(&mut self, state: &RouterState) -> Result<Vec<Hop>, RouteError> {
+        let first: Vec<(String, f64)> = self.plan.stages[0]
+            .replicas
+            .iter()
+            .filter(|r| state.usable(&r.node))
+            .map(|r| (r.node.clone(), r.weight))
+            .collect();
+        let mut node = self
+            .entry
+            .pick(&first)
+            .ok_or(RouteError::StageUnavailable { stage: 0 })?;
+        let mut path = vec![node.clone()];
+        for s in 1..self.plan.stages.len() {
+            let prev = &self.plan.stages[s - 1];
+            let rep = prev.replicas.iter().find(|r| r.node == node);
+            let mut options: Vec<(String, f64)> = rep
+                .map(|r| {
+                    r.next
+                        .iter()
+                        .filter(|h| state.usable(&h.node))
+                        .map(|h| (h.node.clone(), h.weight))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if options.is_empty() {
+                // Planned hops are all masked: any usable replica of the stage.
+                options = self.plan.stages[s]
+                    .replicas
+                    .iter()
+                    .filter(|r| state.usable(&r.node))
+                    .map(|r| (r.node.clone(), r.weight))
+                    .collect();
+            }
+            node = self
+                .per_hop
+                .entry((s, node.clone()))
+                .or_default()
+                .pick(&options)
+                .ok_or(RouteError::StageUnavailable { stage: s })?;
+            path.push(node.clone());
+        }
+        Ok(hops(path))
+    }
+}
+
+/// Least loaded: at each stage, the usable replica with the lowest load, staying
+/// on the same node when it holds the next stage and is no more loaded.
+pub struct LeastLoaded<'a> {
+    plan: &'a Plan,
+}
+
+impl<'a> LeastLoaded<'a> {
+    /// A router over `plan`.
+    pub fn new(plan: &'a Plan) -> Self {
+        LeastLoaded { plan }
+    }
+}
+
+impl Router for LeastLoaded<'_> {
+    fn name(&self) -> &'static str {
+        "least-loaded"
+    }
+    fn route(&mut self, state: &RouterState) -> Result<Vec<Hop>, RouteError> {
+        let mut path: Vec<String> = Vec::new();
+        for (s, st) in self.plan.stages.iter().enumerate() {
+            let best = st
+                .replicas
+                .iter()
+                .filter(|r| state.usable(&r.node))
+                .min_by(|a, b| {
+                    let stay = |n: &str| {
+                        if path.last().is_some_and(|p| p == n) {
+                            0
+                        } else {
+                            1
+                        }
+                    };
+                    state
+                        .load(&a.node)
+                        .total_cmp(&state.load(&b.node))
+                        .then(stay(&a.node).cmp(&stay(&b.node)))
+                })
+                .ok_or(RouteError::StageUnavailable { stage: s })?;
+            path.push(best.node.clone());
+        }
+        Ok(hops(path))
+    }
+}
