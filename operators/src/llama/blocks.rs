@@ -3,6 +3,7 @@
 use super::batch::{SeqChunk, total_rows};
 use super::config::LlamaConfig;
 use super::error::StageError;
+use super::linear::LinearKernel;
 use super::rope::RopeAngles;
 use super::weights::{LoadProgress, matrix, stacked, vector};
 use crate::gguf::GgufFile;
@@ -32,6 +33,7 @@ pub struct Blocks {
     config: LlamaConfig,
     kv: KvStore,
     device: Device,
+    linear: LinearKernel,
 }
 
 /// Root-mean-square norm over the last dimension, scaled by `weight`.
@@ -96,6 +98,7 @@ impl Blocks {
             config: config.clone(),
             kv: KvStore::new(bytes_per_token, kv_capacity_bytes),
             device: device.clone(),
+            linear: LinearKernel::for_device(device),
         })
     }
 
@@ -218,7 +221,7 @@ impl Blocks {
         let group = c.n_heads / c.n_kv_heads;
 
         let normed = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-        let qkv = normed.matmul(block.qkv.clone().transpose());
+        let qkv = self.linear.forward(normed, &block.qkv);
         let q = rope.apply(qkv.clone().narrow(1, 0, h).reshape([rows, c.n_heads, hd]));
         let k = rope.apply(
             qkv.clone()
@@ -280,12 +283,12 @@ impl Blocks {
         } else {
             Tensor::cat(outputs, 0)
         };
-        let x = x + attn.matmul(block.out.clone().transpose());
+        let x = x + self.linear.forward(attn, &block.out);
 
         let normed = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-        let gate_up = normed.matmul(block.gate_up.clone().transpose());
+        let gate_up = self.linear.forward(normed, &block.gate_up);
         let gate = gate_up.clone().narrow(1, 0, c.ffn);
         let up = gate_up.narrow(1, c.ffn, c.ffn);
-        x + (silu(gate) * up).matmul(block.down.clone().transpose())
+        x + self.linear.forward(silu(gate) * up, &block.down)
     }
 }

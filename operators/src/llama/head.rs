@@ -4,6 +4,7 @@ use super::batch::{SeqChunk, total_rows};
 use super::blocks::rms_norm;
 use super::config::LlamaConfig;
 use super::error::StageError;
+use super::linear::LinearKernel;
 use super::weights::{LoadProgress, matrix, vector};
 use crate::gguf::GgufFile;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -16,6 +17,7 @@ pub struct Head {
     output: Tensor<2>,
     eps: f32,
     hidden: usize,
+    linear: LinearKernel,
 }
 
 impl Head {
@@ -40,6 +42,7 @@ impl Head {
             ),
             eps: config.rms_eps,
             hidden: config.hidden,
+            linear: LinearKernel::for_device(device),
         })
     }
 
@@ -67,7 +70,9 @@ impl Head {
                 Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.norm.device()),
             )
         };
-        Ok(rms_norm(last, &self.norm, self.eps).matmul(self.output.clone().transpose()))
+        Ok(self
+            .linear
+            .forward(rms_norm(last, &self.norm, self.eps), &self.output))
     }
 
     /// Logits as rows of f32 on the host.

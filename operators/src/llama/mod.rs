@@ -6,6 +6,7 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod head;
+pub mod linear;
 pub mod pipeline;
 pub mod rope;
 pub mod weights;

@@ -1,0 +1,116 @@
+//! The `tokenflow` binary end to end: generate on the tiny model, clear errors on bad
+//! input, and the planner's comparison.
+
+use std::process::Command;
+
+fn tokenflow(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn tiny_model_path() -> String {
+    let path = std::env::temp_dir().join(format!("tokenflow-cli-tiny-{}.gguf", std::process::id()));
+    tokenflow_operators::tiny::write_tiny_model(&Default::default(), &path).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn generate_streams_text_and_reports_speed() {
+    let model = tiny_model_path();
+    let out = tokenflow(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "the cat",
+        "--max-tokens",
+        "6",
+        "--stages",
+        "0..2,2..6",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prefill:") && stderr.contains("decode:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_reported_not_panicked() {
+    let junk = std::env::temp_dir().join(format!("tokenflow-junk-{}.gguf", std::process::id()));
+    std::fs::write(&junk, b"GGML this is not a model").unwrap();
+    let out = tokenflow(&[
+        "generate",
+        "--model",
+        junk.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a GGUF file"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let model = tiny_model_path();
+    let out = tokenflow(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "x",
+        "--stages",
+        "0..2,3..6",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("layer range"), "{stderr}");
+}
+
+#[test]
+fn plan_compares_every_strategy() {
+    let cluster = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/planner/data/scenarios/rack-4090.toml"
+    );
+    let out = tokenflow(&[
+        "plan",
+        "--cluster",
+        cluster,
+        "--model",
+        "Llama-3-8B",
+        "--compare",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for strategy in [
+        "even",
+        "memory-proportional",
+        "petals",
+        "chain-dp",
+        "max-flow",
+        "odp",
+        "availability",
+        "local-search",
+    ] {
+        assert!(table.contains(strategy), "{strategy} missing from\n{table}");
+    }
+    let out = tokenflow(&[
+        "plan",
+        "--cluster",
+        "/nonexistent.toml",
+        "--model",
+        "Llama-3-8B",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
