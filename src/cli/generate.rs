@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
-use tokenflow_operators::SamplingParams;
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::llama::{even_splits, parse_splits};
 use tokenflow_operators::tokenizer::TokenTextStream;
+use tokenflow_operators::{LlamaModel, SamplingParams};
 
 /// Arguments of `tokenflow generate`.
 #[derive(Debug, Args)]
@@ -71,27 +71,35 @@ fn fetch_default_model() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `tokenflow generate`.
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    if !args.model.exists() && args.model == Path::new(DEFAULT_MODEL) {
+/// The model file to open: `path` itself, or for the default path the repository's
+/// `models/` copy, fetched first if missing.
+fn resolve_model(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    if path != Path::new(DEFAULT_MODEL) {
+        bail!("model file {} not found", path.display());
+    }
+    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
+    if !in_repo.exists() {
         fetch_default_model()?;
     }
-    if !args.model.exists() {
-        bail!(
-            "model file {} not found; fetch SmolLM2 with `scripts/fetch-model.sh` or pass --model",
-            args.model.display()
-        );
-    }
-    let probe = tokenflow_operators::LlamaModel::open(&args.model)?;
+    Ok(in_repo)
+}
+
+/// Runs `tokenflow generate`.
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let path = resolve_model(&args.model)?;
+    let model =
+        LlamaModel::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let splits = match &args.stages {
         Some(s) => parse_splits(s)
             .map_err(anyhow::Error::msg)
             .context("--stages")?,
-        None => even_splits(probe.config.n_layers, 1),
+        None => even_splits(model.config.n_layers, 1),
     };
-    drop(probe);
     let load_start = Instant::now();
-    let (model, pipeline) = load_pipeline(&args.model, &splits, 1 << 30)?;
+    let pipeline = load_pipeline(&model, &splits, 1 << 30)?;
     let load_time = load_start.elapsed();
     let text = if args.chat {
         render_user_prompt(&args.prompt)

@@ -1,20 +1,16 @@
 //! Loading a model's stages with a progress bar.
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::Range;
-use std::path::Path;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::{LlamaModel, StagePipeline};
 
-/// Opens `path` and builds its stages for `splits`, showing a progress bar over the weight bytes.
+/// Builds the stages of `model` for `splits`, showing a progress bar over the weight bytes.
 pub fn load_pipeline(
-    path: &Path,
+    model: &LlamaModel,
     splits: &[Range<usize>],
     kv_capacity: u64,
-) -> anyhow::Result<(LlamaModel, StagePipeline)> {
-    let model =
-        LlamaModel::open(path).with_context(|| format!("opening model {}", path.display()))?;
+) -> anyhow::Result<StagePipeline> {
     let bar = ProgressBar::new(model.f32_weight_bytes());
     bar.set_style(
         ProgressStyle::with_template("{msg:>24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
@@ -32,5 +28,5 @@ pub fn load_pipeline(
         },
     )?;
     bar.finish_and_clear();
-    Ok((model, pipeline))
+    Ok(pipeline)
 }

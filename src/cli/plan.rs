@@ -36,12 +36,7 @@ pub struct PlanArgs {
 pub fn load_profile(spec: &str) -> anyhow::Result<ModelProfile> {
     if spec.ends_with(".gguf") {
         let model = LlamaModel::open(spec).with_context(|| format!("opening {spec}"))?;
-        let name = model
-            .file
-            .metadata
-            .str("general.name")
-            .unwrap_or("model")
-            .to_string();
+        let name = model.name().to_string();
         return Ok(static_profile(&name, &model.config));
     }
     Ok(presets::load_model(spec)?)

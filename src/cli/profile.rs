@@ -27,12 +27,7 @@ pub struct ProfileArgs {
 /// Runs `tokenflow profile`.
 pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let model = LlamaModel::open(&args.model)?;
-    let name = model
-        .file
-        .metadata
-        .str("general.name")
-        .unwrap_or("model")
-        .to_string();
+    let name = model.name().to_string();
     let mut profile = static_profile(&name, &model.config);
     let layers = args.layers.clamp(1, model.config.n_layers);
     let spec = StageMeasurement {

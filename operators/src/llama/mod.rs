@@ -65,6 +65,11 @@ impl LlamaModel {
         })
     }
 
+    /// The model's name from `general.name` (or `model`).
+    pub fn name(&self) -> &str {
+        self.file.metadata.str("general.name").unwrap_or("model")
+    }
+
     /// Builds the embedding stage.
     pub fn embed(
         &self,
