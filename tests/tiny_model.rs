@@ -365,4 +365,9 @@ fn bad_inputs_are_typed_errors() {
         pl.forward(&[SeqChunk::new(0, 0, 2)], &[1]),
         Err(StageError::BatchMismatch(_))
     ));
+    let twice = [SeqChunk::new(3, 0, 1), SeqChunk::new(3, 1, 1)];
+    assert!(matches!(
+        pl.forward(&twice, &[1, 2]),
+        Err(StageError::BatchMismatch(_))
+    ));
 }

@@ -87,13 +87,20 @@ impl GgufWriter {
         out
     }
 
-    /// Writes the image to `path`.
+    /// Writes the image to `path`, atomically: readers see the old file or the whole new one.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|source| GgufError::Io {
+        let io = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}-{unique}.part", std::process::id()));
+        std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     }
 }
 

@@ -143,7 +143,14 @@ impl Blocks {
                 hidden.dims()
             )));
         }
+        let mut seen = std::collections::HashSet::with_capacity(chunks.len());
         for c in chunks {
+            if c.len == 0 || !seen.insert(c.seq) {
+                return Err(StageError::BatchMismatch(format!(
+                    "sequence {} appears twice or with an empty chunk",
+                    c.seq
+                )));
+            }
             if c.start + c.len > self.config.context_length {
                 return Err(StageError::ContextExceeded {
                     seq: c.seq,
