@@ -1,7 +1,8 @@
 //! The library API: open a model, build it as three stage operators, and generate
 //! for several requests at once with continuous batching.
 //!
-//! Runs on the tiny model so it needs no download:
+//! Runs on the tiny model so it needs no download (its weights are random, so its
+//! tokens are noise; point `LlamaModel::open` at SmolLM2 for text):
 //! `cargo run --release --example split_generation`.
 
 use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
@@ -30,12 +31,13 @@ fn main() -> anyhow::Result<()> {
                 ..SamplingParams::greedy()
             },
             stop_tokens: vec![model.tokenizer.eos_id()],
-        });
+        })?;
     }
     for (id, reason, log) in generator.run_to_completion()? {
         println!(
-            "request {id} ({reason:?}): {:?}",
-            model.tokenizer.decode(&log.generated)?
+            "request {id} ({reason:?}): prompt {:?} + tokens {:?}",
+            model.tokenizer.decode(&log.prompt)?,
+            log.generated
         );
     }
     Ok(())

@@ -120,13 +120,15 @@ fn greedy(
     };
     let mut generator = DirectGenerator::new(pipeline, config);
     for (i, p) in prompts.iter().enumerate() {
-        generator.submit(Request {
-            id: i as u64,
-            prompt: p.prompt_ids.clone(),
-            max_tokens: p.tokens.len(),
-            sampling: SamplingParams::greedy(),
-            stop_tokens: vec![],
-        });
+        generator
+            .submit(Request {
+                id: i as u64,
+                prompt: p.prompt_ids.clone(),
+                max_tokens: p.tokens.len(),
+                sampling: SamplingParams::greedy(),
+                stop_tokens: vec![],
+            })
+            .unwrap();
     }
     let mut out = vec![Vec::new(); prompts.len()];
     for (seq, _, log) in generator.run_to_completion().unwrap() {

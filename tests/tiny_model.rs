@@ -55,7 +55,8 @@ fn generate(
             max_tokens,
             sampling: SamplingParams::greedy(),
             stop_tokens: vec![],
-        });
+        })
+        .unwrap();
     }
     let mut out = vec![Vec::new(); requests];
     for (seq, _, log) in g.run_to_completion().unwrap() {
@@ -267,14 +268,16 @@ fn kv_capacity_is_a_clear_error_and_requests_wait_for_room() {
         max_tokens: 4,
         sampling: SamplingParams::greedy(),
         stop_tokens: vec![],
-    });
+    })
+    .unwrap();
     g.submit(Request {
         id: 1,
         prompt: prompt(&model, 1),
         max_tokens: 4,
         sampling: SamplingParams::greedy(),
         stop_tokens: vec![],
-    });
+    })
+    .unwrap();
     let mut refused = 0;
     let mut finished = Vec::new();
     while g.has_work() {
@@ -314,7 +317,8 @@ fn a_sequence_rebuilt_from_its_tokens_continues_identically() {
             max_tokens,
             sampling: sampling.clone(),
             stop_tokens: vec![],
-        });
+        })
+        .unwrap();
         g.run_to_completion().unwrap().remove(0).2.generated
     };
     let p = prompt(&model, 2);
@@ -370,4 +374,40 @@ fn bad_inputs_are_typed_errors() {
         pl.forward(&twice, &[1, 2]),
         Err(StageError::BatchMismatch(_))
     ));
+}
+
+#[test]
+fn requests_that_can_never_run_are_refused_at_submission() {
+    let model = tiny_model();
+    let n = model.config.n_layers;
+    let context = model.config.context_length;
+    let mut g = DirectGenerator::new(
+        pipeline(&model, &[0..n], u64::MAX),
+        GeneratorConfig::default(),
+    );
+    let request = |id: u64, prompt: Vec<u32>, max_tokens: usize| Request {
+        id,
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+    };
+    assert!(matches!(
+        g.submit(request(0, vec![], 4)),
+        Err(StageError::EmptyPrompt { seq: 0 })
+    ));
+    let vocab = model.config.vocab_size as u32;
+    assert!(matches!(
+        g.submit(request(1, vec![vocab], 4)),
+        Err(StageError::TokenOutOfVocab { .. })
+    ));
+    assert!(matches!(
+        g.submit(request(2, vec![3; context], 4)),
+        Err(StageError::ContextExceeded { .. })
+    ));
+    // A request asking for more tokens than the context holds stops at the context.
+    g.submit(request(3, vec![3; context - 5], 100)).unwrap();
+    let done = g.run_to_completion().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].2.len(), context);
 }

@@ -91,7 +91,11 @@ impl DirectGenerator {
     }
 
     /// Queues `request`; it starts when there is room.
-    pub fn submit(&mut self, request: Request) {
+    ///
+    /// A prompt that can never run (empty, unknown tokens, as long as the context)
+    /// is refused here, before anything is queued.
+    pub fn submit(&mut self, request: Request) -> Result<(), StageError> {
+        self.pipeline.check_prompt(request.id, &request.prompt)?;
         let log = TokenLog {
             prompt: request.prompt.clone(),
             generated: Vec::new(),
@@ -101,6 +105,7 @@ impl DirectGenerator {
             log,
             cached: 0,
         });
+        Ok(())
     }
 
     /// Whether any sequence is waiting or running.
@@ -150,7 +155,9 @@ impl DirectGenerator {
             });
             let reason = if run.request.stop_tokens.contains(&token) {
                 Some(FinishReason::Stop)
-            } else if run.log.generated.len() >= run.request.max_tokens {
+            } else if run.log.generated.len() >= run.request.max_tokens
+                || run.log.len() >= self.pipeline.context_length()
+            {
                 Some(FinishReason::Length)
             } else {
                 None

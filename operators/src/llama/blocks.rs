@@ -107,6 +107,11 @@ impl Blocks {
         self.layers.clone()
     }
 
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
     /// The KV state of this stage.
     pub fn kv(&self) -> &KvStore {
         &self.kv

@@ -59,6 +59,11 @@ impl Embed {
         Ok(self.table.clone().select(0, ids))
     }
 
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
     /// The embedding table `[vocab, hidden]` (the LM head reuses it when tied).
     pub fn table(&self) -> &Tensor<2> {
         &self.table

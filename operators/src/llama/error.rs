@@ -43,6 +43,12 @@ pub enum StageError {
         /// The model's context length.
         context: usize,
     },
+    /// A request without prompt tokens.
+    #[error("sequence {seq} has an empty prompt")]
+    EmptyPrompt {
+        /// The sequence.
+        seq: u64,
+    },
     /// The backend failed to return data.
     #[error("tensor data: {0}")]
     Data(String),

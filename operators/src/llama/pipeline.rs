@@ -52,6 +52,32 @@ impl StagePipeline {
         Ok(())
     }
 
+    /// Longest sequence (prompt and generated tokens) the model can hold.
+    pub fn context_length(&self) -> usize {
+        self.blocks
+            .first()
+            .map_or(usize::MAX, |b| b.config().context_length)
+    }
+
+    /// Checks that a prompt can ever run: not empty, known tokens, room left to generate.
+    pub fn check_prompt(&self, seq: SeqId, prompt: &[u32]) -> Result<(), StageError> {
+        if prompt.is_empty() {
+            return Err(StageError::EmptyPrompt { seq });
+        }
+        let vocab = self.embed.vocab_size();
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(StageError::TokenOutOfVocab { id, vocab });
+        }
+        if prompt.len() >= self.context_length() {
+            return Err(StageError::ContextExceeded {
+                seq,
+                position: prompt.len(),
+                context: self.context_length(),
+            });
+        }
+        Ok(())
+    }
+
     /// Forgets `seq` in every stage.
     pub fn free(&mut self, seq: SeqId) {
         for stage in &mut self.blocks {
