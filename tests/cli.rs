@@ -10,6 +10,15 @@ fn tokenflow(args: &[&str]) -> std::process::Output {
         .expect("binary runs")
 }
 
+/// Asserts that the command succeeded, showing its stderr if not.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn tiny_model_path() -> String {
     let path = std::env::temp_dir().join(format!("tokenflow-cli-tiny-{}.gguf", std::process::id()));
     tokenflow_operators::tiny::write_tiny_model(&Default::default(), &path).unwrap();
@@ -30,11 +39,7 @@ fn generate_streams_text_and_reports_speed() {
         "--stages",
         "0..2,2..6",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("prefill:") && stderr.contains("decode:"),
@@ -87,11 +92,7 @@ fn plan_compares_every_strategy() {
         "Llama-3-8B",
         "--compare",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let table = String::from_utf8_lossy(&out.stdout);
     for strategy in [
         "even",

@@ -42,7 +42,7 @@ pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end
 
 /// GPT-2's reversible mapping of bytes to printable characters.
 pub fn byte_to_unicode() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+    let printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
         .chain(0xA1..=0xAC)
         .chain(0xAE..=0xFF)
         .collect();
@@ -57,7 +57,6 @@ pub fn byte_to_unicode() -> Vec<char> {
             extra += 1;
         }
     }
-    printable.clear();
     map
 }
 
@@ -176,48 +175,20 @@ pub fn tiny_model_gguf(spec: &TinyModelSpec) -> Result<GgufWriter, GgufError> {
         let ffn_norm = norm(&mut random);
         w.tensor(name("attn_norm"), &[h], GgmlType::F32, &attn_norm)?;
         w.tensor(name("ffn_norm"), &[h], GgmlType::F32, &ffn_norm)?;
-        w.tensor(
-            name("attn_q"),
-            &[h, h],
-            ty,
-            &random(s.hidden * s.hidden, proj),
-        )?;
-        w.tensor(
-            name("attn_k"),
-            &[h, kv_dim as u64],
-            ty,
-            &random(s.hidden * kv_dim, proj),
-        )?;
-        w.tensor(
-            name("attn_v"),
-            &[h, kv_dim as u64],
-            ty,
-            &random(s.hidden * kv_dim, proj),
-        )?;
-        w.tensor(
-            name("attn_output"),
-            &[h, h],
-            ty,
-            &random(s.hidden * s.hidden, proj),
-        )?;
-        w.tensor(
-            name("ffn_gate"),
-            &[h, s.ffn as u64],
-            ty,
-            &random(s.hidden * s.ffn, proj),
-        )?;
-        w.tensor(
-            name("ffn_up"),
-            &[h, s.ffn as u64],
-            ty,
-            &random(s.hidden * s.ffn, proj),
-        )?;
-        w.tensor(
-            name("ffn_down"),
-            &[s.ffn as u64, h],
-            ty,
-            &random(s.ffn * s.hidden, proj),
-        )?;
+        let (kv, ffn) = (kv_dim as u64, s.ffn as u64);
+        let matrices = [
+            ("attn_q", [h, h]),
+            ("attn_k", [h, kv]),
+            ("attn_v", [h, kv]),
+            ("attn_output", [h, h]),
+            ("ffn_gate", [h, ffn]),
+            ("ffn_up", [h, ffn]),
+            ("ffn_down", [ffn, h]),
+        ];
+        for (tensor, shape) in matrices {
+            let values = random((shape[0] * shape[1]) as usize, proj);
+            w.tensor(name(tensor), &shape, ty, &values)?;
+        }
     }
     Ok(w)
 }
