@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
                 ..SamplingParams::greedy()
             },
             stop_tokens: vec![model.tokenizer.eos_id()],
+            stop_strings: vec![],
         })?;
     }
     for (id, reason, log) in generator.run_to_completion()? {

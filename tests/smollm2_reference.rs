@@ -127,6 +127,7 @@ fn greedy(
                 max_tokens: p.tokens.len(),
                 sampling: SamplingParams::greedy(),
                 stop_tokens: vec![],
+                stop_strings: vec![],
             })
             .unwrap();
     }

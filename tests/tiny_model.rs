@@ -55,6 +55,7 @@ fn generate(
             max_tokens,
             sampling: SamplingParams::greedy(),
             stop_tokens: vec![],
+            stop_strings: vec![],
         })
         .unwrap();
     }
@@ -268,6 +269,7 @@ fn kv_capacity_is_a_clear_error_and_requests_wait_for_room() {
         max_tokens: 4,
         sampling: SamplingParams::greedy(),
         stop_tokens: vec![],
+        stop_strings: vec![],
     })
     .unwrap();
     g.submit(Request {
@@ -276,6 +278,7 @@ fn kv_capacity_is_a_clear_error_and_requests_wait_for_room() {
         max_tokens: 4,
         sampling: SamplingParams::greedy(),
         stop_tokens: vec![],
+        stop_strings: vec![],
     })
     .unwrap();
     let mut refused = 0;
@@ -317,6 +320,7 @@ fn a_sequence_rebuilt_from_its_tokens_continues_identically() {
             max_tokens,
             sampling: sampling.clone(),
             stop_tokens: vec![],
+            stop_strings: vec![],
         })
         .unwrap();
         g.run_to_completion().unwrap().remove(0).2.generated
@@ -391,6 +395,7 @@ fn requests_that_can_never_run_are_refused_at_submission() {
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop_tokens: vec![],
+        stop_strings: vec![],
     };
     assert!(matches!(
         g.submit(request(0, vec![], 4)),

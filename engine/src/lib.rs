@@ -1,6 +1,7 @@
 //! The tokenflow runtime: requests, token logs and the loops that drive stage
 //! operators over many sequences with continuous batching.
 
+pub mod dataflow;
 pub mod direct;
 pub mod request;
 

@@ -80,24 +80,24 @@ fn hops(per_stage: Vec<String>) -> Vec<Hop> {
 
 /// Dijkstra (a DP over the layered node × stage graph) on per-token latency:
 /// stage time at batch 1 scaled by 1 / (1 − load), plus link time.
-pub struct MinLatency<'a> {
-    plan: &'a Plan,
-    cluster: &'a Cluster,
-    cost: &'a CostModel,
+pub struct MinLatency {
+    plan: Plan,
+    cluster: Cluster,
+    cost: CostModel,
 }
 
-impl<'a> MinLatency<'a> {
-    /// A router over `plan`.
-    pub fn new(plan: &'a Plan, cluster: &'a Cluster, cost: &'a CostModel) -> Self {
+impl MinLatency {
+    /// A router over `plan` (it keeps its own copies, so it can live in an operator).
+    pub fn new(plan: &Plan, cluster: &Cluster, cost: &CostModel) -> Self {
         MinLatency {
-            plan,
-            cluster,
-            cost,
+            plan: plan.clone(),
+            cluster: cluster.clone(),
+            cost: cost.clone(),
         }
     }
 }
 
-impl Router for MinLatency<'_> {
+impl Router for MinLatency {
     fn name(&self) -> &'static str {
         "min-latency"
     }
@@ -195,24 +195,24 @@ impl Swrr {
 
 /// Helix's interleaved weighted round robin over the plan's flow: stage-0
 /// replica by weight, then each replica's next hops by weight.
-pub struct InterleavedWrr<'a> {
-    plan: &'a Plan,
+pub struct InterleavedWrr {
+    plan: Plan,
     entry: Swrr,
     per_hop: HashMap<(usize, String), Swrr>,
 }
 
-impl<'a> InterleavedWrr<'a> {
+impl InterleavedWrr {
     /// A router over `plan` (weights from [`crate::flow::assign_routing`]).
-    pub fn new(plan: &'a Plan) -> Self {
+    pub fn new(plan: &Plan) -> Self {
         InterleavedWrr {
-            plan,
+            plan: plan.clone(),
             entry: Swrr::default(),
             per_hop: HashMap::new(),
         }
     }
 }
 
-impl Router for InterleavedWrr<'_> {
+impl Router for InterleavedWrr {
     fn name(&self) -> &'static str {
         "interleaved-wrr"
     }
@@ -263,18 +263,18 @@ impl Router for InterleavedWrr<'_> {
 
 /// Least loaded: at each stage, the usable replica with the lowest load, staying
 /// on the same node when it holds the next stage and is no more loaded.
-pub struct LeastLoaded<'a> {
-    plan: &'a Plan,
+pub struct LeastLoaded {
+    plan: Plan,
 }
 
-impl<'a> LeastLoaded<'a> {
+impl LeastLoaded {
     /// A router over `plan`.
-    pub fn new(plan: &'a Plan) -> Self {
-        LeastLoaded { plan }
+    pub fn new(plan: &Plan) -> Self {
+        LeastLoaded { plan: plan.clone() }
     }
 }
 
-impl Router for LeastLoaded<'_> {
+impl Router for LeastLoaded {
     fn name(&self) -> &'static str {
         "least-loaded"
     }

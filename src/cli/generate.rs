@@ -130,6 +130,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         sampling,
         stop_tokens: stop_tokens.clone(),
+        stop_strings: vec![],
     })?;
 
     eprintln!(

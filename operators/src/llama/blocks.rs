@@ -127,6 +127,11 @@ impl Blocks {
         self.kv.clear();
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device.clone()
+    }
+
     /// Bytes of weights held.
     pub fn weight_bytes(&self) -> u64 {
         self.config.block_params() * 4 * self.blocks.len() as u64

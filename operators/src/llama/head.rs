@@ -46,6 +46,11 @@ impl Head {
         })
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> burn::tensor::Device {
+        self.norm.device()
+    }
+
     /// Logits `[chunks, vocab]` of the last token of each chunk.
     pub fn forward(&self, chunks: &[SeqChunk], hidden: Tensor<2>) -> Result<Tensor<2>, StageError> {
         let rows = total_rows(chunks);

@@ -1,0 +1,289 @@
+//! The library entry point: turn a model, a plan and options into a timely
+//! dataflow inside the caller's own `timely::execute`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use timely::dataflow::InputHandle;
+//! use timely::dataflow::operators::{Input, Inspect};
+//! use tokenflow_engine::dataflow::{EngineOptions, InferenceDataflow, Submission};
+//! use tokenflow_engine::Request;
+//! # fn plan_and_cluster() -> (tokenflow_planner::Plan, tokenflow_planner::Cluster) { unimplemented!() }
+//!
+//! let model = Arc::new(tokenflow_operators::LlamaModel::open("model.gguf").unwrap());
+//! let (plan, cluster) = plan_and_cluster();
+//! let engine = Arc::new(
+//!     InferenceDataflow::new(model, &plan, &cluster, 1, EngineOptions::default()).unwrap(),
+//! );
+//! timely::execute(timely::Config::thread(), move |worker| {
+//!     let mut input = InputHandle::new();
+//!     worker.dataflow(|scope| {
+//!         let requests = scope.input_from(&mut input);
+//!         let streams = engine.build(requests).unwrap();
+//!         // Any operator can follow: here, print each event.
+//!         streams.events.inspect(|e| println!("{e:?}"));
+//!     });
+//!     input.send(Submission::now(Request::greedy(1, vec![1, 2, 3], 8)));
+//! })
+//! .unwrap();
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use tokenflow_operators::LlamaModel;
+use tokenflow_operators::device::default_device;
+use tokenflow_operators::profile::static_profile;
+use tokenflow_planner::cost::CostModel;
+use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router};
+use tokenflow_planner::{Cluster, Plan, PlanOptions};
+
+use super::error::EngineError;
+use super::kernel::StageKernel;
+use super::message::StepMsg;
+use super::metrics::EngineMetrics;
+use super::placement::{Placement, PlacementOptions};
+use super::sampler_op::sampler_operator;
+use super::sequencer::{EngineEvent, SequencerConfig, Submission, sequencer_operator};
+use super::stage_op::{BatchLimits, StageRole, stage_operator};
+
+/// Which router picks new sequences' paths (the planner's routers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouterKind {
+    /// Lowest predicted per-token latency over node × stage (Petals).
+    #[default]
+    MinLatency,
+    /// Smooth weighted round robin on the plan's routing weights (Helix); uniform weights give round robin.
+    RoundRobin,
+    /// The replica with the fewest active sequences, stage by stage.
+    LeastLoaded,
+}
+
+impl FromStr for RouterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "min-latency" => Ok(Self::MinLatency),
+            "round-robin" | "interleaved-wrr" | "wrr" => Ok(Self::RoundRobin),
+            "least-loaded" => Ok(Self::LeastLoaded),
+            other => Err(format!(
+                "unknown router `{other}` (min-latency, round-robin, least-loaded)"
+            )),
+        }
+    }
+}
+
+/// Scheduling and emulation options of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    /// Most tokens in one stage call.
+    pub token_budget: usize,
+    /// Longest prefill chunk, so long prompts do not stall decodes.
+    pub max_prefill_chunk: usize,
+    /// Most sequences in one stage call.
+    pub max_batch_sequences: usize,
+    /// Most sequences running at once (the rest wait in order).
+    pub max_running: usize,
+    /// Path selection for new sequences.
+    pub router: RouterKind,
+    /// Worker mapping and emulation of speeds and links.
+    pub placement: PlacementOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            token_budget: 512,
+            max_prefill_chunk: 256,
+            max_batch_sequences: 64,
+            max_running: 256,
+            router: RouterKind::default(),
+            placement: PlacementOptions::default(),
+        }
+    }
+}
+
+impl EngineOptions {
+    fn check(&self) -> Result<(), EngineError> {
+        let positive = [
+            ("token_budget", self.token_budget),
+            ("max_prefill_chunk", self.max_prefill_chunk),
+            ("max_batch_sequences", self.max_batch_sequences),
+            ("max_running", self.max_running),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(EngineError::Option {
+                    field: field.into(),
+                    message: "must be positive".into(),
+                });
+            }
+        }
+        if self.max_prefill_chunk > self.token_budget {
+            return Err(EngineError::Option {
+                field: "max_prefill_chunk".into(),
+                message: format!(
+                    "{} is larger than the token budget {}",
+                    self.max_prefill_chunk, self.token_budget
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The streams a built engine hands back.
+pub struct EngineStreams<'s> {
+    /// Tokens, completions and refusals, on worker 0.
+    pub events: StreamVec<'s, u64, EngineEvent>,
+    /// What this worker measures.
+    pub metrics: Rc<RefCell<EngineMetrics>>,
+}
+
+/// A model and a validated placement, ready to be built into dataflows.
+pub struct InferenceDataflow {
+    model: Arc<LlamaModel>,
+    placement: Arc<Placement>,
+    options: EngineOptions,
+    cost: CostModel,
+}
+
+impl InferenceDataflow {
+    /// Checks `plan` on `cluster` for `workers` workers (all processes together).
+    pub fn new(
+        model: Arc<LlamaModel>,
+        plan: &Plan,
+        cluster: &Cluster,
+        workers: usize,
+        options: EngineOptions,
+    ) -> Result<Self, EngineError> {
+        options.check()?;
+        let placement = Placement::new(plan, cluster, &model.config, workers, &options.placement)?;
+        let profile = static_profile(model.name(), &model.config);
+        let cost = CostModel::new(&profile, &PlanOptions::default());
+        Ok(Self {
+            model,
+            placement: Arc::new(placement),
+            options,
+            cost,
+        })
+    }
+
+    /// The checked placement.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    fn router(&self) -> Box<dyn Router> {
+        let plan = &self.placement.plan;
+        match self.options.router {
+            RouterKind::MinLatency => {
+                Box::new(MinLatency::new(plan, &self.placement.cluster, &self.cost))
+            }
+            RouterKind::RoundRobin => Box::new(InterleavedWrr::new(plan)),
+            RouterKind::LeastLoaded => Box::new(LeastLoaded::new(plan)),
+        }
+    }
+
+    /// Builds the loop in `requests`' scope: sequencer → embed → block stages →
+    /// head → sampler → back to the sequencer. This worker loads the weights of
+    /// the stage replicas the placement puts on it, and nothing else.
+    pub fn build<'s>(
+        &self,
+        requests: StreamVec<'s, u64, Submission>,
+    ) -> Result<EngineStreams<'s>, EngineError> {
+        let scope = requests.scope();
+        let worker = scope.index();
+        let placement = &self.placement;
+        let stages = placement.num_stages();
+        let device = default_device();
+        let mut quiet = |_: &str, _: u64| {};
+        let mut embed = BTreeMap::new();
+        let mut head = BTreeMap::new();
+        let mut blocks: Vec<BTreeMap<u32, StageKernel>> =
+            (0..stages).map(|_| BTreeMap::new()).collect();
+        for (i, node) in placement.nodes.iter().enumerate() {
+            if node.worker != worker {
+                continue;
+            }
+            let i = i as u32;
+            for &(s, kv) in &node.stages {
+                let layers = placement.stage_layers[s].clone();
+                let b = self.model.blocks(layers, kv, &device, &mut quiet)?;
+                blocks[s].insert(i, StageKernel::Blocks(Box::new(b)));
+                if s == 0 {
+                    embed.insert(
+                        i,
+                        StageKernel::Embed(self.model.embed(&device, &mut quiet)?),
+                    );
+                }
+                if s == stages - 1 {
+                    head.insert(i, StageKernel::Head(self.model.head(&device, &mut quiet)?));
+                }
+            }
+        }
+        let metrics = Rc::new(RefCell::new(EngineMetrics::default()));
+        let limits = BatchLimits {
+            token_budget: self.options.token_budget,
+            max_sequences: self.options.max_batch_sequences,
+        };
+        let hidden = self.model.config.hidden;
+        let config = SequencerConfig {
+            max_prefill_chunk: self.options.max_prefill_chunk,
+            max_running: self.options.max_running,
+            context_length: self.model.config.context_length,
+            vocab_size: self.model.config.vocab_size,
+            tokenizer: Some(self.model.tokenizer.clone()),
+            router: self.router(),
+        };
+        let (handle, cycle) = scope.feedback::<Vec<StepMsg>>(1);
+        let out = sequencer_operator(
+            requests,
+            cycle,
+            config,
+            Arc::clone(placement),
+            Rc::clone(&metrics),
+        );
+        let (steps, events) = out.ok_err::<Vec<StepMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
+        let mut x = stage_operator(
+            steps,
+            StageRole::Embed,
+            embed,
+            Arc::clone(placement),
+            limits,
+            hidden,
+            Rc::clone(&metrics),
+        );
+        for (s, kernels) in blocks.into_iter().enumerate() {
+            x = stage_operator(
+                x,
+                StageRole::Blocks(s),
+                kernels,
+                Arc::clone(placement),
+                limits,
+                hidden,
+                Rc::clone(&metrics),
+            );
+        }
+        let x = stage_operator(
+            x,
+            StageRole::Head,
+            head,
+            Arc::clone(placement),
+            limits,
+            hidden,
+            Rc::clone(&metrics),
+        );
+        sampler_operator(x).connect_loop(handle);
+        Ok(EngineStreams { events, metrics })
+    }
+}

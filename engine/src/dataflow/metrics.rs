@@ -1,0 +1,163 @@
+//! What a run measured: request latencies, stage batches and busy time, link
+//! traffic. Each worker records its own; [`EngineMetrics::merge`] joins them
+//! across workers and processes (they travel as JSON through a small dataflow).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokenflow_planner::latency::{LatencyHistogram, LatencyReport};
+
+use super::link::LinkTraffic;
+
+/// Names of the per-request latency histograms.
+pub mod names {
+    /// Submission to first token.
+    pub const TTFT: &str = "ttft";
+    /// Gap between consecutive tokens of a sequence.
+    pub const INTER_TOKEN: &str = "inter_token";
+    /// Submission to last token.
+    pub const E2E: &str = "e2e";
+    /// Submission to the start of the first prefill (waiting for KV room or a path).
+    pub const QUEUE: &str = "queue";
+}
+
+/// One stage operator's work on one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageStats {
+    /// Batches run.
+    pub batches: u64,
+    /// Tokens run (prefill and decode).
+    pub tokens: u64,
+    /// Microseconds the stage computed, stretched by node speed.
+    pub busy_us: u64,
+    /// Tokens per batch.
+    pub batch_tokens: LatencyHistogram,
+    /// Ready steps waiting when a batch started.
+    pub queue_len: LatencyHistogram,
+}
+
+impl StageStats {
+    fn merge(&mut self, other: &StageStats) {
+        self.batches += other.batches;
+        self.tokens += other.tokens;
+        self.busy_us += other.busy_us;
+        self.batch_tokens.merge(&other.batch_tokens);
+        self.queue_len.merge(&other.queue_len);
+    }
+}
+
+/// Everything measured on one worker (or merged over many).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineMetrics {
+    /// Per-request latencies by name (see [`names`]).
+    pub latency: BTreeMap<String, LatencyHistogram>,
+    /// Per stage operator, keyed `"<node> stage <k>"`, `"<node> embed"`, `"<node> head"`.
+    pub stages: BTreeMap<String, StageStats>,
+    /// Per directed link `"<from> -> <to>"`.
+    pub links: BTreeMap<String, LinkTraffic>,
+    /// Requests finished.
+    pub completed: u64,
+    /// Requests refused or failed.
+    pub failed: u64,
+    /// Tokens generated.
+    pub tokens: u64,
+    /// First submission to last token, in µs (0 when nothing ran).
+    pub span_us: u64,
+}
+
+impl EngineMetrics {
+    /// Records a request latency in µs.
+    pub fn record_latency(&mut self, name: &str, us: u64) {
+        self.latency
+            .entry(name.to_string())
+            .or_default()
+            .record_us(us);
+    }
+
+    /// Stats of stage operator `key`.
+    pub fn stage(&mut self, key: &str) -> &mut StageStats {
+        if !self.stages.contains_key(key) {
+            self.stages.insert(key.to_string(), StageStats::default());
+        }
+        self.stages.get_mut(key).expect("inserted above")
+    }
+
+    /// Adds another worker's measurements.
+    pub fn merge(&mut self, other: &EngineMetrics) {
+        for (k, h) in &other.latency {
+            self.latency.entry(k.clone()).or_default().merge(h);
+        }
+        for (k, s) in &other.stages {
+            self.stages.entry(k.clone()).or_default().merge(s);
+        }
+        for (k, t) in &other.links {
+            let e = self.links.entry(k.clone()).or_default();
+            e.messages += t.messages;
+            e.bytes += t.bytes;
+        }
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.tokens += other.tokens;
+        self.span_us = self.span_us.max(other.span_us);
+    }
+
+    /// The request latencies as a report (TTFT, inter-token, end-to-end, queue).
+    pub fn latency_report(&self) -> LatencyReport {
+        let mut report = LatencyReport::new();
+        for name in [names::TTFT, names::INTER_TOKEN, names::E2E, names::QUEUE] {
+            report.insert(name, self.latency.get(name).cloned().unwrap_or_default());
+        }
+        report
+    }
+
+    /// Generated tokens per second over the run.
+    pub fn tokens_per_second(&self) -> f64 {
+        if self.span_us == 0 {
+            0.0
+        } else {
+            self.tokens as f64 / (self.span_us as f64 / 1e6)
+        }
+    }
+
+    /// A Markdown table of stage operators: batches, tokens, mean batch, busy share, queue p99.
+    pub fn stages_table(&self) -> String {
+        let mut out = String::from(
+            "| stage operator | batches | tokens | mean batch | busy s | busy % | queue p99 |\n|---|---|---|---|---|---|---|\n",
+        );
+        for (k, s) in &self.stages {
+            let mean = if s.batches == 0 {
+                0.0
+            } else {
+                s.tokens as f64 / s.batches as f64
+            };
+            let busy = if self.span_us == 0 {
+                0.0
+            } else {
+                100.0 * s.busy_us as f64 / self.span_us as f64
+            };
+            out.push_str(&format!(
+                "| {k} | {} | {} | {mean:.1} | {:.2} | {busy:.0} | {} |\n",
+                s.batches,
+                s.tokens,
+                s.busy_us as f64 / 1e6,
+                s.queue_len.value_at_quantile_us(0.99),
+            ));
+        }
+        out
+    }
+
+    /// A Markdown table of link traffic.
+    pub fn links_table(&self) -> String {
+        let mut out =
+            String::from("| link | messages | bytes | bytes/message |\n|---|---|---|---|\n");
+        for (k, t) in &self.links {
+            let per = if t.messages == 0 {
+                0
+            } else {
+                t.bytes / t.messages
+            };
+            out.push_str(&format!("| {k} | {} | {} | {per} |\n", t.messages, t.bytes));
+        }
+        out
+    }
+}

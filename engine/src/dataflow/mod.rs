@@ -1,0 +1,27 @@
+//! The dataflow engine on timely: placed, replicated stage operators in an
+//! autoregressive loop, across threads and processes.
+//!
+//! The loop is `sequencer → embed → stage 0 → … → stage S−1 → head → sampler
+//! → (feedback) → sequencer`. Every worker builds the same graph; the
+//! placement decides which worker serves which node's replicas, and steps are
+//! exchanged to the worker of the next node on their route.
+
+pub mod builder;
+pub mod clock;
+pub mod error;
+pub mod kernel;
+pub mod link;
+pub mod message;
+pub mod metrics;
+pub mod placement;
+pub mod runner;
+pub mod sampler_op;
+pub mod sequencer;
+pub mod stage_op;
+
+pub use builder::{EngineOptions, EngineStreams, InferenceDataflow, RouterKind};
+pub use error::{EngineError, PlacementError, RequestError};
+pub use metrics::EngineMetrics;
+pub use placement::{LinkModel, Placement, PlacementOptions};
+pub use runner::{Arrivals, Communication, FinishedRequest, RunOutcome, RunSpec, run};
+pub use sequencer::{EngineEvent, RequestTiming, Submission};

@@ -1,0 +1,358 @@
+//! Runs a batch of requests through the engine, on threads or as one process
+//! of a timely cluster, and brings every worker's measurements to worker 0.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+use timely::{CommunicationConfig, WorkerConfig};
+use tokenflow_operators::{LlamaModel, SeqId};
+use tokenflow_planner::{Cluster, Plan};
+
+use super::builder::{EngineOptions, InferenceDataflow};
+use super::clock::now_us;
+use super::error::{EngineError, RequestError};
+use super::metrics::EngineMetrics;
+use super::sequencer::{EngineEvent, RequestTiming, Submission};
+use crate::request::{FinishReason, Request, TokenLog};
+
+/// Where the workers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Communication {
+    /// This many worker threads in this process.
+    Threads(usize),
+    /// One process of a timely cluster (timely's own TCP networking).
+    Cluster {
+        /// Worker threads per process.
+        workers: usize,
+        /// This process's index.
+        process: usize,
+        /// `host:port` of every process, in order.
+        hosts: Vec<String>,
+    },
+}
+
+impl Communication {
+    /// Workers in all processes.
+    pub fn peers(&self) -> usize {
+        match self {
+            Communication::Threads(n) => *n,
+            Communication::Cluster { workers, hosts, .. } => workers * hosts.len(),
+        }
+    }
+
+    /// Whether this process hosts worker 0 (and so the results).
+    pub fn is_first(&self) -> bool {
+        match self {
+            Communication::Threads(_) => true,
+            Communication::Cluster { process, .. } => *process == 0,
+        }
+    }
+
+    fn config(&self) -> Result<timely::Config, EngineError> {
+        let communication = match self {
+            Communication::Threads(0) => {
+                return Err(EngineError::Option {
+                    field: "workers".into(),
+                    message: "must be positive".into(),
+                });
+            }
+            Communication::Threads(1) => CommunicationConfig::Thread,
+            Communication::Threads(n) => CommunicationConfig::Process(*n),
+            Communication::Cluster {
+                workers,
+                process,
+                hosts,
+            } => {
+                if *workers == 0 || *process >= hosts.len() {
+                    return Err(EngineError::Option {
+                        field: "process".into(),
+                        message: format!(
+                            "process {process} of {} hosts with {workers} workers each",
+                            hosts.len()
+                        ),
+                    });
+                }
+                CommunicationConfig::Cluster {
+                    threads: *workers,
+                    process: *process,
+                    addresses: hosts.clone(),
+                    report: false,
+                    zerocopy: false,
+                }
+            }
+        };
+        // Idle workers park at once: on a small machine their spinning would steal the stages' cores.
+        let worker = WorkerConfig::default().idle_spin(Duration::ZERO);
+        Ok(timely::Config {
+            communication,
+            worker,
+        })
+    }
+}
+
+/// When requests enter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arrivals {
+    /// All at the start.
+    Immediate,
+    /// Request `i` at `offsets_us[i]` after the start (open loop).
+    At(Vec<u64>),
+    /// `concurrency` in flight; each completion lets the next one in (closed loop).
+    ClosedLoop {
+        /// Requests in flight.
+        concurrency: usize,
+    },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// The plan to execute.
+    pub plan: Plan,
+    /// The (emulated) cluster.
+    pub cluster: Cluster,
+    /// Engine options.
+    pub options: EngineOptions,
+    /// Threads or a timely cluster.
+    pub communication: Communication,
+    /// The requests, submitted in order.
+    pub requests: Vec<Request>,
+    /// When they enter.
+    pub arrivals: Arrivals,
+}
+
+/// A request that ran to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedRequest {
+    /// The sequence.
+    pub seq: SeqId,
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Its tokens.
+    pub log: TokenLog,
+    /// Its timeline.
+    pub timing: RequestTiming,
+}
+
+/// What a run returns on process 0.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Finished requests, in completion order.
+    pub finished: Vec<FinishedRequest>,
+    /// Refused or failed requests.
+    pub refused: Vec<(SeqId, RequestError)>,
+    /// Measurements merged over every worker and process.
+    pub metrics: EngineMetrics,
+    /// The placement as a Markdown table.
+    pub placement: String,
+    /// Wall time from the first submission to the end.
+    pub wall: Duration,
+}
+
+/// Called on worker 0 for every event as it happens (e.g. to stream text or tick a progress bar).
+pub type EventObserver = Arc<dyn Fn(&EngineEvent) + Send + Sync>;
+
+/// Runs `spec`; process 0 gets `Some(outcome)`, other processes `None`.
+///
+/// The plan is checked before any worker starts; a bad plan is an error here.
+pub fn run(
+    spec: RunSpec,
+    observer: Option<EventObserver>,
+) -> Result<Option<RunOutcome>, EngineError> {
+    let model = Arc::new(
+        LlamaModel::open(&spec.model_path).map_err(|e| EngineError::Model(e.to_string()))?,
+    );
+    let peers = spec.communication.peers();
+    let engine = Arc::new(InferenceDataflow::new(
+        model,
+        &spec.plan,
+        &spec.cluster,
+        peers,
+        spec.options.clone(),
+    )?);
+    let placement_table = engine.placement().describe();
+    let config = spec.communication.config()?;
+    let requests = Arc::new(spec.requests);
+    let arrivals = Arc::new(spec.arrivals);
+    let guards = timely::execute(config, move |worker| {
+        drive_worker(worker, &engine, &requests, &arrivals, observer.as_ref())
+    })
+    .map_err(EngineError::Timely)?;
+    let mut first = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(Some(outcome))) => first = Some(outcome),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(EngineError::Timely(e)),
+        }
+    }
+    Ok(first.map(|(finished, refused, metrics, wall)| RunOutcome {
+        finished,
+        refused,
+        metrics,
+        placement: placement_table,
+        wall,
+    }))
+}
+
+type WorkerResult = (
+    Vec<FinishedRequest>,
+    Vec<(SeqId, RequestError)>,
+    EngineMetrics,
+    Duration,
+);
+
+fn drive_worker(
+    worker: &mut timely::worker::Worker,
+    engine: &InferenceDataflow,
+    requests: &[Request],
+    arrivals: &Arrivals,
+    observer: Option<&EventObserver>,
+) -> Result<Option<WorkerResult>, EngineError> {
+    let index = worker.index();
+    let mut input = InputHandle::new();
+    let probe = ProbeHandle::new();
+    let seen: Rc<RefCell<Vec<EngineEvent>>> = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&seen);
+    let built = worker.dataflow::<u64, _, _>(|scope| {
+        let submissions = scope.input_from(&mut input);
+        let streams = engine.build(submissions)?;
+        streams
+            .events
+            .inspect(move |e| sink.borrow_mut().push(e.clone()))
+            .probe_with(&probe);
+        Ok::<_, EngineError>(streams.metrics)
+    });
+    let mut metrics_in: InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<String>>> =
+        InputHandle::new();
+    let gathered: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+    let gather = Rc::clone(&gathered);
+    worker.dataflow::<u64, _, _>(|scope| {
+        scope
+            .input_from(&mut metrics_in)
+            .exchange(|_: &String| 0)
+            .inspect(move |m: &String| gather.borrow_mut().push(m.clone()));
+    });
+    let metrics = built?;
+
+    let mut finished = Vec::new();
+    let mut refused = Vec::new();
+    let start = Instant::now();
+    let mut input = Some(input);
+    if index == 0 {
+        let total = requests.len();
+        let mut next = 0usize;
+        let mut done = 0usize;
+        let mut epoch = 0u64;
+        loop {
+            done += drain_events(&seen, observer, &mut finished, &mut refused);
+            let elapsed = start.elapsed().as_micros() as u64;
+            let mut wait = Duration::from_millis(20);
+            if let Some(handle) = input.as_mut() {
+                let due = match arrivals {
+                    Arrivals::Immediate => total,
+                    Arrivals::At(offsets) => {
+                        let due = offsets
+                            .iter()
+                            .take_while(|&&t| t <= elapsed)
+                            .count()
+                            .min(total);
+                        if let Some(&t) = offsets.get(due) {
+                            wait = wait.min(Duration::from_micros(t.saturating_sub(elapsed)));
+                        }
+                        due.max(next)
+                    }
+                    Arrivals::ClosedLoop { concurrency } => (done + concurrency).min(total),
+                };
+                if due > next {
+                    for r in &requests[next..due] {
+                        handle.send(Submission {
+                            request: r.clone(),
+                            submitted_us: now_us(),
+                        });
+                    }
+                    next = due;
+                    epoch += 1;
+                    handle.advance_to(epoch);
+                }
+                if next >= total && matches!(arrivals, Arrivals::Immediate | Arrivals::At(_))
+                    || done >= total
+                {
+                    input = None;
+                }
+            }
+            if input.is_none() && probe.done() {
+                drain_events(&seen, observer, &mut finished, &mut refused);
+                break;
+            }
+            worker.step_or_park(Some(wait));
+        }
+    } else {
+        input = None;
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+    }
+    drop(input);
+    let wall = start.elapsed();
+    let json = serde_json::to_string(&*metrics.borrow())
+        .map_err(|e| EngineError::Timely(e.to_string()))?;
+    metrics_in.send(json);
+    drop(metrics_in);
+    while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    if index != 0 {
+        return Ok(None);
+    }
+    let mut merged = EngineMetrics::default();
+    for m in gathered.borrow().iter() {
+        let part: EngineMetrics =
+            serde_json::from_str(m).map_err(|e| EngineError::Timely(e.to_string()))?;
+        merged.merge(&part);
+    }
+    Ok(Some((finished, refused, merged, wall)))
+}
+
+/// Hands each new event to the observer and files completions; returns how many requests ended.
+fn drain_events(
+    seen: &RefCell<Vec<EngineEvent>>,
+    observer: Option<&EventObserver>,
+    finished: &mut Vec<FinishedRequest>,
+    refused: &mut Vec<(SeqId, RequestError)>,
+) -> usize {
+    let mut ended = 0;
+    for event in seen.borrow_mut().drain(..) {
+        if let Some(obs) = observer {
+            obs(&event);
+        }
+        match event {
+            EngineEvent::Finished {
+                seq,
+                reason,
+                log,
+                timing,
+            } => {
+                ended += 1;
+                finished.push(FinishedRequest {
+                    seq,
+                    reason,
+                    log,
+                    timing,
+                });
+            }
+            EngineEvent::Refused { seq, error } => {
+                ended += 1;
+                refused.push((seq, error));
+            }
+            EngineEvent::Token { .. } => {}
+        }
+    }
+    ended
+}

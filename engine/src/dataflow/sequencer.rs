@@ -1,0 +1,593 @@
+//! The sequencer: the front end of the loop, on worker 0. It owns every
+//! sequence's token log (the source of truth), picks each new sequence's path
+//! with the planner's router, reserves its KV room along the path, cuts prompts
+//! into prefill chunks, appends sampled tokens, decides when a sequence ends,
+//! and reports tokens as they come.
+//!
+//! At most one step of a sequence is in flight. A step carries the whole route,
+//! so a stage never needs to know about paths; re-routing a sequence is a new
+//! `attempt` with a new route and a prefill of its log from position 0.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+use tokenflow_operators::{SeqId, TextTokenizer};
+use tokenflow_planner::router::{Router, RouterState};
+
+use super::clock::now_us;
+use super::error::RequestError;
+use super::message::{CLIENT, Payload, StepMsg};
+use super::metrics::{EngineMetrics, names};
+use super::placement::Placement;
+use crate::request::{FinishReason, Request, TokenLog};
+
+/// A request as it enters the engine, with the time the client submitted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The request.
+    pub request: Request,
+    /// When it was submitted (µs since the epoch), the start of its TTFT.
+    pub submitted_us: u64,
+}
+
+impl Submission {
+    /// A submission stamped now.
+    pub fn now(request: Request) -> Self {
+        Self {
+            request,
+            submitted_us: now_us(),
+        }
+    }
+}
+
+/// When things happened to a request (µs since the epoch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTiming {
+    /// Submitted by the client.
+    pub submitted_us: u64,
+    /// Its first prefill chunk left the sequencer.
+    pub started_us: u64,
+    /// Its first token came back.
+    pub first_token_us: u64,
+    /// Its last token came back.
+    pub finished_us: u64,
+}
+
+/// What the engine tells its client, on worker 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EngineEvent {
+    /// A new token of `seq`.
+    Token {
+        /// The sequence.
+        seq: SeqId,
+        /// Index among its generated tokens.
+        index: usize,
+        /// The token id.
+        token: u32,
+        /// When it came back (µs since the epoch).
+        at_us: u64,
+    },
+    /// `seq` ended; `log` holds all its tokens.
+    Finished {
+        /// The sequence.
+        seq: SeqId,
+        /// Why it ended.
+        reason: FinishReason,
+        /// Prompt and generated tokens.
+        log: TokenLog,
+        /// Its timeline.
+        timing: RequestTiming,
+    },
+    /// `seq` was refused or failed; nothing else is affected.
+    Refused {
+        /// The sequence.
+        seq: SeqId,
+        /// Why.
+        error: RequestError,
+    },
+}
+
+/// How the sequencer schedules.
+pub struct SequencerConfig {
+    /// Longest prefill chunk.
+    pub max_prefill_chunk: usize,
+    /// Most sequences admitted at once.
+    pub max_running: usize,
+    /// The model's context length.
+    pub context_length: usize,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Decodes output for stop strings (none: stop strings are not checked).
+    pub tokenizer: Option<TextTokenizer>,
+    /// Picks paths for new sequences.
+    pub router: Box<dyn Router>,
+}
+
+struct Sequence {
+    request: Request,
+    log: TokenLog,
+    route: Vec<u32>,
+    attempt: u32,
+    timing: RequestTiming,
+    last_token_us: u64,
+    reserved: Vec<(u32, usize, u64)>,
+    released: bool,
+}
+
+struct Waiting {
+    submission: Submission,
+    cap: Capability<u64>,
+}
+
+type Emit = Vec<(Capability<u64>, Result<StepMsg, EngineEvent>)>;
+
+struct SequencerState {
+    config: SequencerConfig,
+    placement: Arc<Placement>,
+    seqs: HashMap<SeqId, Sequence>,
+    waiting: VecDeque<Waiting>,
+    kv_free: Vec<Vec<u64>>,
+    active: Vec<u32>,
+    metrics: Rc<RefCell<EngineMetrics>>,
+    first_submitted_us: Option<u64>,
+}
+
+impl SequencerState {
+    fn new(
+        config: SequencerConfig,
+        placement: Arc<Placement>,
+        metrics: Rc<RefCell<EngineMetrics>>,
+    ) -> Self {
+        let kv_free = placement
+            .nodes
+            .iter()
+            .map(|n| {
+                (0..placement.num_stages())
+                    .map(|s| n.kv_capacity(s))
+                    .collect()
+            })
+            .collect();
+        let active = vec![0; placement.nodes.len()];
+        Self {
+            config,
+            placement,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            kv_free,
+            active,
+            metrics,
+            first_submitted_us: None,
+        }
+    }
+
+    /// Tokens a sequence may reach: prompt plus every token it may generate, within the context.
+    fn tokens_needed(&self, r: &Request) -> usize {
+        (r.prompt.len() + r.max_tokens).min(self.config.context_length)
+    }
+
+    fn check(&self, r: &Request) -> Result<(), RequestError> {
+        let bad = |reason: String| RequestError::BadPrompt { seq: r.id, reason };
+        if r.prompt.is_empty() {
+            return Err(bad("the prompt is empty".into()));
+        }
+        if let Some(&t) = r
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(bad(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        if r.prompt.len() >= self.config.context_length {
+            return Err(bad(format!(
+                "{} prompt tokens leave no room in the context of {}",
+                r.prompt.len(),
+                self.config.context_length
+            )));
+        }
+        if self.seqs.contains_key(&r.id)
+            || self.waiting.iter().any(|w| w.submission.request.id == r.id)
+        {
+            return Err(RequestError::DuplicateId { seq: r.id });
+        }
+        let tokens = self.tokens_needed(r);
+        for (s, reps) in self.placement.stage_replicas.iter().enumerate() {
+            let needed = self.placement.kv_bytes(s, tokens);
+            let largest = reps
+                .iter()
+                .map(|&n| self.placement.nodes[n as usize].kv_capacity(s))
+                .max()
+                .unwrap_or(0);
+            if needed > largest {
+                return Err(RequestError::PastCapacity {
+                    seq: r.id,
+                    stage: s,
+                    needed,
+                    largest,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, submission: Submission, cap: Capability<u64>, emit: &mut Emit) {
+        self.first_submitted_us = Some(
+            self.first_submitted_us
+                .map_or(submission.submitted_us, |t| t.min(submission.submitted_us)),
+        );
+        match self.check(&submission.request) {
+            Ok(()) => self.waiting.push_back(Waiting { submission, cap }),
+            Err(error) => {
+                self.metrics.borrow_mut().failed += 1;
+                emit.push((
+                    cap,
+                    Err(EngineEvent::Refused {
+                        seq: submission.request.id,
+                        error,
+                    }),
+                ));
+            }
+        }
+    }
+
+    /// Starts waiting requests, in order, while a path with KV room exists.
+    fn start_waiting(&mut self, emit: &mut Emit) {
+        while self.seqs.len() < self.config.max_running {
+            let Some(front) = self.waiting.front() else {
+                return;
+            };
+            let request = &front.submission.request;
+            let tokens = self.tokens_needed(request);
+            let stages = self.placement.num_stages();
+            let need: Vec<u64> = (0..stages)
+                .map(|s| self.placement.kv_bytes(s, tokens))
+                .collect();
+            let mut state = RouterState::default();
+            for (i, node) in self.placement.nodes.iter().enumerate() {
+                let room = node
+                    .stages
+                    .iter()
+                    .map(|&(s, _)| {
+                        if need[s] == 0 {
+                            u32::MAX
+                        } else {
+                            (self.kv_free[i][s] / need[s]).min(u32::MAX as u64) as u32
+                        }
+                    })
+                    .min()
+                    .unwrap_or(0);
+                state.kv_free_seqs.insert(node.id.clone(), room);
+                state
+                    .load
+                    .insert(node.id.clone(), (self.active[i] as f64 / 64.0).min(0.95));
+            }
+            let route = match self.config.router.route(&state) {
+                Ok(hops) => {
+                    let mut route = vec![u32::MAX; stages];
+                    for h in hops {
+                        let Some(n) = self.placement.node_index(&h.node) else {
+                            continue;
+                        };
+                        for r in route.iter_mut().take(h.last + 1).skip(h.first) {
+                            *r = n;
+                        }
+                    }
+                    route
+                }
+                Err(e) => {
+                    if self.seqs.is_empty() {
+                        // Nothing in flight will free room: it can never start.
+                        let w = self.waiting.pop_front().expect("front exists");
+                        self.metrics.borrow_mut().failed += 1;
+                        emit.push((
+                            w.cap,
+                            Err(EngineEvent::Refused {
+                                seq: w.submission.request.id,
+                                error: RequestError::NoPath {
+                                    seq: w.submission.request.id,
+                                    reason: e.to_string(),
+                                },
+                            }),
+                        ));
+                        continue;
+                    }
+                    return;
+                }
+            };
+            let usable = route.iter().enumerate().all(|(s, &n)| {
+                (n as usize) < self.placement.nodes.len() && self.kv_free[n as usize][s] >= need[s]
+            });
+            if !usable {
+                // The router returned a path without room: wait for room to free.
+                return;
+            }
+            let w = self.waiting.pop_front().expect("front exists");
+            let now = now_us();
+            let mut reserved = Vec::new();
+            let mut seen = Vec::new();
+            for (s, &n) in route.iter().enumerate() {
+                self.kv_free[n as usize][s] -= need[s];
+                reserved.push((n, s, need[s]));
+                if !seen.contains(&n) {
+                    seen.push(n);
+                    self.active[n as usize] += 1;
+                }
+            }
+            self.metrics
+                .borrow_mut()
+                .record_latency(names::QUEUE, now.saturating_sub(w.submission.submitted_us));
+            let request = w.submission.request;
+            let seq = Sequence {
+                log: TokenLog {
+                    prompt: request.prompt.clone(),
+                    generated: Vec::new(),
+                },
+                request,
+                route,
+                attempt: 0,
+                timing: RequestTiming {
+                    submitted_us: w.submission.submitted_us,
+                    started_us: now,
+                    ..RequestTiming::default()
+                },
+                last_token_us: 0,
+                reserved,
+                released: false,
+            };
+            let id = seq.request.id;
+            if seq.request.max_tokens == 0 {
+                self.seqs.insert(id, seq);
+                self.finish(id, FinishReason::Length, &w.cap, emit);
+                continue;
+            }
+            let step = Self::next_chunk(&seq, 0, CLIENT, self.config.max_prefill_chunk);
+            self.seqs.insert(id, seq);
+            emit.push((w.cap, Ok(step)));
+        }
+    }
+
+    /// The step after `cached` known tokens are in the stages' caches.
+    fn next_chunk(seq: &Sequence, cached: usize, from_node: u32, max_chunk: usize) -> StepMsg {
+        let known = seq.log.len();
+        let len = (known - cached).clamp(1, max_chunk.max(1));
+        let tokens: Vec<u32> = seq.log.tokens().skip(cached).take(len).collect();
+        let history = if seq.request.sampling.repetition_penalty != 1.0 {
+            seq.log.tokens().collect()
+        } else {
+            Vec::new()
+        };
+        StepMsg {
+            seq: seq.request.id,
+            attempt: seq.attempt,
+            route: seq.route.clone(),
+            start: cached as u32,
+            len: tokens.len() as u32,
+            last_chunk: cached + tokens.len() == known,
+            sampling: seq.request.sampling.clone(),
+            history,
+            from_node,
+            sent_us: now_us(),
+            payload: Payload::Tokens(tokens),
+        }
+    }
+
+    fn release_step(seq: &Sequence) -> StepMsg {
+        StepMsg {
+            seq: seq.request.id,
+            attempt: seq.attempt,
+            route: seq.route.clone(),
+            start: 0,
+            len: 0,
+            last_chunk: false,
+            sampling: seq.request.sampling.clone(),
+            history: Vec::new(),
+            from_node: CLIENT,
+            sent_us: now_us(),
+            payload: Payload::Release,
+        }
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason, cap: &Capability<u64>, emit: &mut Emit) {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let now = now_us();
+        seq.timing.finished_us = now;
+        seq.released = true;
+        let mut m = self.metrics.borrow_mut();
+        m.completed += 1;
+        m.record_latency(names::E2E, now.saturating_sub(seq.timing.submitted_us));
+        if let Some(first) = self.first_submitted_us {
+            m.span_us = m.span_us.max(now.saturating_sub(first));
+        }
+        drop(m);
+        emit.push((
+            cap.clone(),
+            Err(EngineEvent::Finished {
+                seq: id,
+                reason,
+                log: seq.log.clone(),
+                timing: seq.timing,
+            }),
+        ));
+        emit.push((cap.clone(), Ok(Self::release_step(seq))));
+    }
+
+    fn stop_reason(&self, seq: &Sequence, token: u32) -> Option<FinishReason> {
+        if seq.request.stop_tokens.contains(&token) {
+            return Some(FinishReason::Stop);
+        }
+        if !seq.request.stop_strings.is_empty()
+            && let Some(tok) = &self.config.tokenizer
+        {
+            let longest = seq
+                .request
+                .stop_strings
+                .iter()
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0);
+            // A token decodes to at least one byte: the last `longest + 1` tokens hold any match that ends here.
+            let tail = &seq.log.generated[seq.log.generated.len().saturating_sub(longest + 1)..];
+            if let Ok(text) = tok.decode(tail)
+                && seq
+                    .request
+                    .stop_strings
+                    .iter()
+                    .any(|s| !s.is_empty() && text.contains(s.as_str()))
+            {
+                return Some(FinishReason::Stop);
+            }
+        }
+        if seq.log.generated.len() >= seq.request.max_tokens
+            || seq.log.len() >= self.config.context_length
+        {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    fn feedback(&mut self, msg: StepMsg, cap: &Capability<u64>, emit: &mut Emit) {
+        let id = msg.seq;
+        let max_chunk = self.config.max_prefill_chunk;
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if msg.attempt != seq.attempt {
+            return; // a step of a route the sequence has left
+        }
+        let last_node = *seq.route.last().unwrap_or(&CLIENT);
+        match msg.payload {
+            Payload::Release => {
+                let seq = self.seqs.remove(&id).expect("present");
+                let mut seen = Vec::new();
+                for (n, s, bytes) in seq.reserved {
+                    self.kv_free[n as usize][s] += bytes;
+                    if !seen.contains(&n) {
+                        seen.push(n);
+                        self.active[n as usize] -= 1;
+                    }
+                }
+            }
+            _ if seq.released => {}
+            Payload::ChunkDone => {
+                let cached = (msg.start + msg.len) as usize;
+                let step = Self::next_chunk(seq, cached, last_node, max_chunk);
+                emit.push((cap.clone(), Ok(step)));
+            }
+            Payload::Sampled(token) => {
+                let now = now_us();
+                seq.log.generated.push(token);
+                let index = seq.log.generated.len() - 1;
+                {
+                    let mut m = self.metrics.borrow_mut();
+                    m.tokens += 1;
+                    if index == 0 {
+                        seq.timing.first_token_us = now;
+                        m.record_latency(names::TTFT, now.saturating_sub(seq.timing.submitted_us));
+                    } else {
+                        m.record_latency(names::INTER_TOKEN, now.saturating_sub(seq.last_token_us));
+                    }
+                }
+                seq.last_token_us = now;
+                emit.push((
+                    cap.clone(),
+                    Err(EngineEvent::Token {
+                        seq: id,
+                        index,
+                        token,
+                        at_us: now,
+                    }),
+                ));
+                let reason = self.stop_reason(&self.seqs[&id], token);
+                match reason {
+                    Some(reason) => self.finish(id, reason, cap, emit),
+                    None => {
+                        let cached = (msg.start + msg.len) as usize;
+                        let step = Self::next_chunk(&self.seqs[&id], cached, last_node, max_chunk);
+                        emit.push((cap.clone(), Ok(step)));
+                    }
+                }
+            }
+            Payload::Failed(reason) => {
+                seq.released = true;
+                self.metrics.borrow_mut().failed += 1;
+                emit.push((
+                    cap.clone(),
+                    Err(EngineEvent::Refused {
+                        seq: id,
+                        error: RequestError::StageFailed { seq: id, reason },
+                    }),
+                ));
+                emit.push((cap.clone(), Ok(Self::release_step(seq))));
+            }
+            Payload::Tokens(_) | Payload::Hidden(_) | Payload::Logits(_) => {
+                seq.released = true;
+                self.metrics.borrow_mut().failed += 1;
+                emit.push((
+                    cap.clone(),
+                    Err(EngineEvent::Refused {
+                        seq: id,
+                        error: RequestError::StageFailed {
+                            seq: id,
+                            reason: "a step came back unfinished".into(),
+                        },
+                    }),
+                ));
+                emit.push((cap.clone(), Ok(Self::release_step(seq))));
+            }
+        }
+    }
+}
+
+/// Adds the sequencer: new requests and the loop's feedback in, steps and events out.
+pub fn sequencer_operator<'s>(
+    requests: StreamVec<'s, u64, Submission>,
+    feedback: StreamVec<'s, u64, StepMsg>,
+    config: SequencerConfig,
+    placement: Arc<Placement>,
+    metrics: Rc<RefCell<EngineMetrics>>,
+) -> StreamVec<'s, u64, Result<StepMsg, EngineEvent>> {
+    requests.binary(
+        feedback,
+        Exchange::new(|_: &Submission| 0u64),
+        Exchange::new(|_: &StepMsg| 0u64),
+        "Sequencer",
+        move |_cap, _info| {
+            let mut state = SequencerState::new(config, placement, metrics);
+            move |requests, feedback, output| {
+                let port = output.output_index();
+                let mut emit: Emit = Vec::new();
+                requests.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(port) else {
+                        return;
+                    };
+                    for sub in data.drain(..) {
+                        state.submit(sub, cap.clone(), &mut emit);
+                    }
+                });
+                feedback.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(port) else {
+                        return;
+                    };
+                    for msg in data.drain(..) {
+                        state.feedback(msg, &cap, &mut emit);
+                    }
+                });
+                state.start_waiting(&mut emit);
+                for (cap, item) in emit {
+                    output.session(&cap).give(item);
+                }
+            }
+        },
+    )
+}

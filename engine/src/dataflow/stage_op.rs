@@ -1,0 +1,280 @@
+//! The stage operator: every worker runs one per stage of the loop (embed, each
+//! block stage, head), and it serves the replicas of that stage whose nodes the
+//! placement puts on this worker.
+//!
+//! Steps arrive over emulated links (delayed, not slept), queue per node, and
+//! run as one batch per node call: decode steps first, then prefill chunks, up
+//! to a token budget. A slower node's call is stretched by holding its outputs
+//! (and the node) for `(speed factor − 1) ×` the measured time. Each output
+//! leaves under its own input's capability.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use super::clock::now_us;
+use super::kernel::StageKernel;
+use super::link::DelayedInbox;
+use super::message::{Payload, StepMsg};
+use super::metrics::EngineMetrics;
+use super::placement::Placement;
+
+/// Which stage of the loop an operator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRole {
+    /// The token embedding, on the node of the path's first stage.
+    Embed,
+    /// Plan stage `k`'s blocks.
+    Blocks(usize),
+    /// The head, on the node of the path's last stage.
+    Head,
+}
+
+impl StageRole {
+    /// Index of the route entry naming this operator's node.
+    pub fn route_index(&self, num_stages: usize) -> usize {
+        match self {
+            StageRole::Embed => 0,
+            StageRole::Blocks(k) => *k,
+            StageRole::Head => num_stages - 1,
+        }
+    }
+
+    /// A short name for metrics.
+    pub fn name(&self) -> String {
+        match self {
+            StageRole::Embed => "embed".into(),
+            StageRole::Blocks(k) => format!("stage {k}"),
+            StageRole::Head => "head".into(),
+        }
+    }
+}
+
+/// Limits on one stage call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most tokens (prefill and decode) in one call.
+    pub token_budget: usize,
+    /// Most sequences in one call.
+    pub max_sequences: usize,
+}
+
+struct NodeQueue {
+    kernel: StageKernel,
+    speed_factor: f64,
+    metrics_key: String,
+    ready: VecDeque<(Capability<u64>, StepMsg)>,
+    outbox: Vec<(Capability<u64>, StepMsg)>,
+    release_us: u64,
+}
+
+/// Adds the stage operator for `role` to the loop.
+///
+/// `kernels` holds this worker's copy of the stage for each node (by node index)
+/// the placement puts here; steps are exchanged to the worker of their route's node.
+pub fn stage_operator<'s>(
+    steps: StreamVec<'s, u64, StepMsg>,
+    role: StageRole,
+    kernels: BTreeMap<u32, StageKernel>,
+    placement: Arc<Placement>,
+    limits: BatchLimits,
+    hidden: usize,
+    metrics: Rc<RefCell<EngineMetrics>>,
+) -> StreamVec<'s, u64, StepMsg> {
+    let route_index = role.route_index(placement.num_stages());
+    let route_placement = Arc::clone(&placement);
+    let pact = Exchange::new(move |m: &StepMsg| {
+        m.route
+            .get(route_index)
+            .map_or(0, |&n| route_placement.worker_of(n)) as u64
+    });
+    let scope = steps.scope();
+    steps.unary(
+        pact,
+        &format!("Stage({})", role.name()),
+        move |_cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut inbox: DelayedInbox<Capability<u64>> = DelayedInbox::default();
+            let mut nodes: BTreeMap<u32, NodeQueue> = kernels
+                .into_iter()
+                .map(|(n, kernel)| {
+                    let slot = &placement.nodes[n as usize];
+                    let queue = NodeQueue {
+                        kernel,
+                        speed_factor: slot.speed_factor,
+                        metrics_key: format!("{} {}", slot.id, role.name()),
+                        ready: VecDeque::new(),
+                        outbox: Vec::new(),
+                        release_us: 0,
+                    };
+                    (n, queue)
+                })
+                .collect();
+            let mut reported_links: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(output.output_index()) else {
+                        return;
+                    };
+                    for msg in data.drain(..) {
+                        let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
+                        inbox.push(&placement, node, cap.clone(), msg);
+                    }
+                });
+                let now = now_us();
+                for (cap, msg) in inbox.ready(now) {
+                    let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
+                    match nodes.get_mut(&node) {
+                        Some(q) => q.ready.push_back((cap, msg)),
+                        None => {
+                            // No replica here: the route is wrong; the sequence fails, nothing else does.
+                            let mut msg = msg;
+                            msg.payload = Payload::Failed(format!(
+                                "{}: no replica of node {node} on this worker",
+                                role.name()
+                            ));
+                            output.session(&cap).give(msg);
+                        }
+                    }
+                }
+                let mut wake: Option<u64> = inbox.next_delivery_us();
+                let mut again = false;
+                let mut m = metrics.borrow_mut();
+                for (&node, q) in nodes.iter_mut() {
+                    // Outputs of a stretched call leave when the emulated call ends.
+                    if !q.outbox.is_empty() {
+                        if q.release_us <= now {
+                            for (cap, mut msg) in q.outbox.drain(..) {
+                                msg.from_node = node;
+                                msg.sent_us = now;
+                                output.session(&cap).give(msg);
+                            }
+                        } else {
+                            wake = Some(wake.map_or(q.release_us, |w| w.min(q.release_us)));
+                            continue;
+                        }
+                    }
+                    // Control messages pass at once.
+                    let mut work = VecDeque::new();
+                    for (cap, mut msg) in q.ready.drain(..) {
+                        match msg.payload {
+                            Payload::Release => {
+                                q.kernel.release(msg.seq);
+                                msg.from_node = node;
+                                msg.sent_us = now;
+                                output.session(&cap).give(msg);
+                            }
+                            Payload::Failed(_) | Payload::ChunkDone | Payload::Sampled(_) => {
+                                msg.from_node = node;
+                                msg.sent_us = now;
+                                output.session(&cap).give(msg);
+                            }
+                            _ => work.push_back((cap, msg)),
+                        }
+                    }
+                    if work.is_empty() {
+                        continue;
+                    }
+                    // Decode steps first, then prefill chunks, within the budget.
+                    let mut order: Vec<(Capability<u64>, StepMsg)> = work.into_iter().collect();
+                    order.sort_by_key(|(_, m)| !m.is_decode());
+                    let queued = order.len();
+                    let mut batch = Vec::new();
+                    let mut caps = Vec::new();
+                    let mut tokens = 0usize;
+                    let mut rest = VecDeque::new();
+                    for (cap, msg) in order {
+                        let t = msg.work_tokens();
+                        let fits = batch.is_empty()
+                            || (tokens + t <= limits.token_budget
+                                && batch.len() < limits.max_sequences);
+                        if fits {
+                            tokens += t;
+                            batch.push(msg);
+                            caps.push(cap);
+                        } else {
+                            rest.push_back((cap, msg));
+                        }
+                    }
+                    q.ready = rest;
+                    if !q.ready.is_empty() {
+                        again = true;
+                    }
+                    let started = std::time::Instant::now();
+                    run_batch(&mut q.kernel, &mut batch, hidden);
+                    let compute_us = started.elapsed().as_micros() as u64;
+                    let busy_us = (compute_us as f64 * q.speed_factor) as u64;
+                    let stats = m.stage(&q.metrics_key);
+                    stats.batches += 1;
+                    stats.tokens += tokens as u64;
+                    stats.busy_us += busy_us;
+                    stats.batch_tokens.record_us(tokens as u64);
+                    stats.queue_len.record_us(queued as u64);
+                    let end = now_us();
+                    let release = end + busy_us.saturating_sub(compute_us);
+                    if release <= end {
+                        for (cap, mut msg) in caps.into_iter().zip(batch) {
+                            msg.from_node = node;
+                            msg.sent_us = end;
+                            output.session(&cap).give(msg);
+                        }
+                    } else {
+                        q.outbox = caps.into_iter().zip(batch).collect();
+                        q.release_us = release;
+                        wake = Some(wake.map_or(release, |w| w.min(release)));
+                    }
+                }
+                for (&(from, to), traffic) in &inbox.traffic {
+                    let last = reported_links.entry((from, to)).or_default();
+                    if *last != (traffic.messages, traffic.bytes) {
+                        let name = |n: u32| {
+                            placement
+                                .nodes
+                                .get(n as usize)
+                                .map_or("client".to_string(), |s| s.id.clone())
+                        };
+                        let e = m
+                            .links
+                            .entry(format!("{} -> {}", name(from), name(to)))
+                            .or_default();
+                        e.messages += traffic.messages - last.0;
+                        e.bytes += traffic.bytes - last.1;
+                        *last = (traffic.messages, traffic.bytes);
+                    }
+                }
+                drop(m);
+                if again {
+                    activator.activate();
+                } else if let Some(w) = wake {
+                    let now = now_us();
+                    if w <= now {
+                        activator.activate();
+                    } else {
+                        activator.activate_after(Duration::from_micros(w - now));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Runs a batch; if the batch as a whole fails, each step alone, so one bad
+/// step fails only its own sequence. A failed call leaves the payloads as they
+/// were (outputs are written only after the stage succeeds).
+fn run_batch(kernel: &mut StageKernel, batch: &mut [StepMsg], hidden: usize) {
+    if kernel.run(batch, hidden).is_ok() {
+        return;
+    }
+    for msg in batch.iter_mut() {
+        if let Err(e) = kernel.run(std::slice::from_mut(msg), hidden) {
+            msg.payload = Payload::Failed(e.to_string());
+        }
+    }
+}
