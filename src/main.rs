@@ -18,6 +18,10 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Place a model's stages on a cluster, or compare every placement strategy.
     Plan(cli::plan::PlanArgs),
+    /// Run prompts through the dataflow engine on an emulated cluster or a timely cluster.
+    Run(cli::run::RunArgs),
+    /// Load-test the dataflow engine: latency percentiles, `.hgrm` files and a plot.
+    Bench(cli::bench::BenchArgs),
     /// Measure a model's profile (sizes, FLOPs, stage times) as JSON for the planner.
     Profile(cli::profile::ProfileArgs),
 }
@@ -27,5 +31,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Profile(args) => cli::profile::run(args),
         Command::Plan(args) => cli::plan::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

@@ -73,7 +73,7 @@ fn fetch_default_model() -> anyhow::Result<()> {
 
 /// The model file to open: `path` itself, or for the default path the repository's
 /// `models/` copy, fetched first if missing.
-fn resolve_model(path: &Path) -> anyhow::Result<PathBuf> {
+pub fn resolve_model(path: &Path) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path.to_path_buf());
     }

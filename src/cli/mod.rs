@@ -1,6 +1,10 @@
 //! Subcommands of the `tokenflow` binary.
 
+pub mod bench;
+pub mod engine_args;
 pub mod generate;
 pub mod load;
 pub mod plan;
 pub mod profile;
+pub mod report;
+pub mod run;

@@ -1,0 +1,178 @@
+//! `tokenflow bench`: a load generator for the dataflow engine. Poisson
+//! (open loop) or closed-loop arrivals, prompt and output length
+//! distributions, a seed; latency percentiles, `.hgrm` files, JSON and a plot.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokenflow_engine::Request;
+use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
+
+use super::engine_args::EngineArgs;
+use super::report::{print_summary, write_outputs};
+
+/// A distribution of lengths: `fixed:N` or `uniform:A:B` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LengthDist {
+    /// Always `N`.
+    Fixed(usize),
+    /// Uniform in `A..=B`.
+    Uniform(usize, usize),
+}
+
+impl std::str::FromStr for LengthDist {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |t: &str| {
+            t.parse::<usize>()
+                .map_err(|_| format!("`{t}` in `{s}` is not a length"))
+        };
+        match parts.as_slice() {
+            ["fixed", n] => Ok(Self::Fixed(num(n)?)),
+            ["uniform", a, b] => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("`{s}`: {a} > {b}"));
+                }
+                Ok(Self::Uniform(a, b))
+            }
+            _ => Err(format!("`{s}`: expected fixed:N or uniform:A:B")),
+        }
+    }
+}
+
+impl LengthDist {
+    fn sample(&self, rng: &mut ChaCha8Rng) -> usize {
+        match *self {
+            Self::Fixed(n) => n,
+            Self::Uniform(a, b) => rng.random_range(a..=b),
+        }
+    }
+}
+
+/// Arguments of `tokenflow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    /// Model, cluster, plan, workers.
+    pub engine: EngineArgs,
+    /// Requests to send.
+    #[arg(long, default_value_t = 32)]
+    pub requests: usize,
+    /// `poisson` (open loop at --rate) or `closed` (--concurrency in flight).
+    #[arg(long, default_value = "closed")]
+    pub arrival: String,
+    /// Requests per second of the Poisson process.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Requests in flight in closed loop.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Prompt lengths in tokens.
+    #[arg(long, default_value = "uniform:16:64")]
+    pub prompt_len: LengthDist,
+    /// Output lengths in tokens (EOS is ignored, as in vLLM's benchmark).
+    #[arg(long, default_value = "fixed:32")]
+    pub output_len: LengthDist,
+    /// Seed of prompts, lengths and arrivals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder for `.hgrm`, JSON, CSV and the latency plot.
+    #[arg(long, default_value = "out/bench")]
+    pub out: PathBuf,
+    /// Name of this run in the plot's legend.
+    #[arg(long, default_value = "tokenflow")]
+    pub label: String,
+}
+
+/// Runs `tokenflow bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.requests == 0 {
+        bail!("--requests must be positive");
+    }
+    let setup = args.engine.resolve()?;
+    let tok = &setup.model.tokenizer;
+    let vocab = tok.vocab_size() as u32;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let ordinary: Vec<u32> = (0..vocab).filter(|&t| !tok.is_special(t)).collect();
+    if ordinary.is_empty() {
+        bail!("the vocabulary has no ordinary token");
+    }
+    let context = setup.model.config.context_length;
+    let mut requests = Vec::new();
+    for i in 0..args.requests {
+        let p = args.prompt_len.sample(&mut rng).clamp(1, context.saturating_sub(2));
+        let o = args.output_len.sample(&mut rng).max(1);
+        let prompt = (0..p)
+            .map(|_| ordinary[rng.random_range(0..ordinary.len())])
+            .collect();
+        requests.push(Request::greedy(i as u64, prompt, o));
+    }
+    let arrivals = match args.arrival.as_str() {
+        "closed" => {
+            if args.concurrency == 0 {
+                bail!("--concurrency must be positive");
+            }
+            Arrivals::ClosedLoop {
+                concurrency: args.concurrency,
+            }
+        }
+        "poisson" => {
+            if !(args.rate > 0.0 && args.rate.is_finite()) {
+                bail!("--rate must be a positive number of requests per second");
+            }
+            let mut t = 0.0f64;
+            let offsets = (0..args.requests)
+                .map(|_| {
+                    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                    t += -u.ln() / args.rate;
+                    (t * 1e6) as u64
+                })
+                .collect();
+            Arrivals::At(offsets)
+        }
+        other => bail!("--arrival `{other}`: expected poisson or closed"),
+    };
+    let bar = ProgressBar::new(args.requests as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests, {msg} [{elapsed}]")
+            .context("progress template")?,
+    );
+    let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (b, t) = (bar.clone(), Arc::clone(&tokens));
+    let observer = Arc::new(move |e: &EngineEvent| match e {
+        EngineEvent::Token { .. } => {
+            let n = t.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 16 == 0 {
+                b.set_message(format!("{n} tokens"));
+            }
+        }
+        _ => b.inc(1),
+    });
+    let spec = RunSpec {
+        model_path: setup.model_path.clone(),
+        plan: setup.plan,
+        cluster: setup.cluster,
+        options: setup.options,
+        communication: setup.communication,
+        requests,
+        arrivals,
+    };
+    let outcome = run_engine(spec, Some(observer))?;
+    bar.finish();
+    let Some(outcome) = outcome else {
+        eprintln!("process finished; results are printed by process 0");
+        return Ok(());
+    };
+    for (seq, e) in &outcome.refused {
+        eprintln!("[{seq}] {e}");
+    }
+    print_summary(&outcome);
+    write_outputs(&outcome, &args.out, &args.label)?;
+    Ok(())
+}

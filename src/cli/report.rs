@@ -1,0 +1,47 @@
+//! Printing and writing what a run measured: percentile tables, `.hgrm` files,
+//! JSON and a latency plot.
+
+use anyhow::Context;
+use std::path::Path;
+use tokenflow_engine::dataflow::RunOutcome;
+use tokenflow_planner::latency::latency_cdf_multi_svg;
+
+/// Prints the latency percentiles, stage and link tables.
+pub fn print_summary(outcome: &RunOutcome) {
+    let m = &outcome.metrics;
+    println!("\n## Placement\n\n{}", outcome.placement);
+    println!(
+        "## Latency (ms)\n\n{}",
+        m.latency_report().to_markdown_table()
+    );
+    println!(
+        "requests: {} completed, {} refused or failed; {} tokens in {:.2} s = {:.1} tokens/s\n",
+        m.completed,
+        m.failed,
+        m.tokens,
+        m.span_us as f64 / 1e6,
+        m.tokens_per_second()
+    );
+    println!("## Stage operators\n\n{}", m.stages_table());
+    if !m.links.is_empty() {
+        println!("## Links\n\n{}", m.links_table());
+    }
+}
+
+/// Writes `<name>.hgrm` per latency metric, `latency.{json,csv}`, `metrics.json` and `latency.svg` into `dir`.
+pub fn write_outputs(outcome: &RunOutcome, dir: &Path, label: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let report = outcome.metrics.latency_report();
+    let mut written = report.write_dir(dir, "")?;
+    let metrics = dir.join("metrics.json");
+    std::fs::write(&metrics, serde_json::to_string_pretty(&outcome.metrics)?)
+        .with_context(|| format!("writing {}", metrics.display()))?;
+    written.push(metrics);
+    let svg = dir.join("latency.svg");
+    latency_cdf_multi_svg(&[(label, &report)], &[], "Token latency", &svg)?;
+    written.push(svg);
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `tokenflow run`: generate for one or more prompts through the dataflow
+//! engine on an emulated cluster or a timely cluster of processes.
+
+use anyhow::bail;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokenflow_engine::Request;
+use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
+use tokenflow_operators::SamplingParams;
+use tokenflow_operators::chat::render_user_prompt;
+
+use super::engine_args::EngineArgs;
+use super::report::{print_summary, write_outputs};
+
+/// Arguments of `tokenflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    /// Model, cluster, plan, workers.
+    pub engine: EngineArgs,
+    /// A prompt (repeat for several concurrent requests).
+    #[arg(long, default_value = "What is the capital of France?")]
+    pub prompt: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens per request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Folder for `.hgrm` files, latency JSON/CSV, metrics JSON and a latency plot.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write each request's generated token ids as JSON here.
+    #[arg(long)]
+    pub tokens_json: Option<PathBuf>,
+}
+
+/// Runs `tokenflow run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let setup = args.engine.resolve()?;
+    let tok = &setup.model.tokenizer;
+    let mut requests = Vec::new();
+    for (i, text) in args.prompt.iter().enumerate() {
+        let text = if args.chat {
+            render_user_prompt(text)
+        } else {
+            text.clone()
+        };
+        let mut stop_tokens = Vec::new();
+        if !args.ignore_eos {
+            stop_tokens.push(tok.eos_id());
+            if let Ok(ids) = tok.encode("<|im_end|>")
+                && ids.len() == 1
+            {
+                stop_tokens.push(ids[0]);
+            }
+        }
+        requests.push(Request {
+            id: i as u64,
+            prompt: tok.encode(&text)?,
+            max_tokens: args.max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop_tokens,
+            stop_strings: args.stop.clone(),
+        });
+    }
+    let single = requests.len() == 1;
+    let stream_tok = tok.clone();
+    let observer = Arc::new(move |e: &EngineEvent| {
+        if let EngineEvent::Token { token, .. } = e
+            && single
+            && !stream_tok.is_special(*token)
+        {
+            use std::io::Write;
+            if let Ok(text) = stream_tok.decode(&[*token]) {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    });
+    let spec = RunSpec {
+        model_path: setup.model_path.clone(),
+        plan: setup.plan,
+        cluster: setup.cluster,
+        options: setup.options,
+        communication: setup.communication,
+        requests,
+        arrivals: Arrivals::Immediate,
+    };
+    let Some(outcome) = run_engine(spec, Some(observer))? else {
+        eprintln!("process finished; results are printed by process 0");
+        return Ok(());
+    };
+    println!();
+    let mut by_seq: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for f in &outcome.finished {
+        by_seq.insert(f.seq, f.log.generated.clone());
+    }
+    if !single {
+        for (seq, ids) in &by_seq {
+            let ids: Vec<u32> = ids.iter().copied().filter(|&t| !tok.is_special(t)).collect();
+            println!("[{seq}] {}", tok.decode(&ids)?.trim_end());
+        }
+    }
+    for (seq, e) in &outcome.refused {
+        eprintln!("[{seq}] {e}");
+    }
+    print_summary(&outcome);
+    if let Some(path) = &args.tokens_json {
+        std::fs::write(path, serde_json::to_string(&by_seq)?)?;
+    }
+    if let Some(dir) = &args.out {
+        write_outputs(&outcome, dir, "run")?;
+    }
+    if !outcome.refused.is_empty() && outcome.finished.is_empty() {
+        bail!("every request was refused");
+    }
+    Ok(())
+}
