@@ -5,5 +5,8 @@ pub mod dataflow;
 pub mod direct;
 pub mod request;
 
+/// The timely version the engine builds on, for programs that add their own operators.
+pub use timely;
+
 pub use direct::{DirectGenerator, GeneratorConfig, TokenEvent};
 pub use request::{FinishReason, Request, TokenLog};
