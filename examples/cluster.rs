@@ -18,7 +18,8 @@ const ROLE: &str = "TOKENFLOW_EXAMPLE_PROCESS";
 const HOSTS: &str = "TOKENFLOW_EXAMPLE_HOSTS";
 
 fn model_path() -> anyhow::Result<PathBuf> {
-    let smollm2 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smollm2 =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.exists() {
         return Ok(smollm2);
     }
@@ -36,10 +37,19 @@ fn main() -> anyhow::Result<()> {
             let ports: Vec<u16> = (0..3)
                 .map(|_| TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))
                 .collect::<Result<Result<_, _>, _>>()??;
-            let hosts = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+            let hosts = ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
             let exe = std::env::current_exe()?;
             let children = (1..3)
-                .map(|i| Command::new(&exe).env(ROLE, i.to_string()).env(HOSTS, &hosts).spawn())
+                .map(|i| {
+                    Command::new(&exe)
+                        .env(ROLE, i.to_string())
+                        .env(HOSTS, &hosts)
+                        .spawn()
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             (0, hosts, children)
         }
@@ -56,7 +66,11 @@ fn main() -> anyhow::Result<()> {
         &cluster,
         n,
         model.name(),
-        &[(0..n / 3, vec![0]), (n / 3..2 * n / 3, vec![1]), (2 * n / 3..n, vec![2])],
+        &[
+            (0..n / 3, vec![0]),
+            (n / 3..2 * n / 3, vec![1]),
+            (2 * n / 3..n, vec![2]),
+        ],
     );
     let prompt = model.tokenizer.encode("The capital of France is")?;
     let spec = RunSpec {

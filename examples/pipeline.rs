@@ -13,17 +13,18 @@ use std::sync::Arc;
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{EngineEvent, EngineOptions, InferenceDataflow, Submission};
 use tokenflow_engine::timely;
-use tokenflow_engine::timely::dataflow::{InputHandle, StreamVec};
 use tokenflow_engine::timely::dataflow::channels::pact::Pipeline;
 use tokenflow_engine::timely::dataflow::operators::generic::Operator;
 use tokenflow_engine::timely::dataflow::operators::{Input, Inspect, Probe};
+use tokenflow_engine::timely::dataflow::{InputHandle, StreamVec};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
 use tokenflow_operators::tokenizer::TokenTextStream;
 use tokenflow_planner::{Cluster, Plan};
 
 fn model_path() -> anyhow::Result<PathBuf> {
-    let smollm2 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smollm2 =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.exists() {
         return Ok(smollm2);
     }
@@ -44,7 +45,11 @@ fn main() -> anyhow::Result<()> {
         &cluster,
         n,
         model.name(),
-        &[(0..n / 3, vec![0]), (n / 3..2 * n / 3, vec![1]), (2 * n / 3..n, vec![2])],
+        &[
+            (0..n / 3, vec![0]),
+            (n / 3..2 * n / 3, vec![1]),
+            (2 * n / 3..n, vec![2]),
+        ],
     );
     let engine = Arc::new(InferenceDataflow::new(
         Arc::clone(&model),
@@ -53,10 +58,13 @@ fn main() -> anyhow::Result<()> {
         1,
         EngineOptions::default(),
     )?);
-    let prompts: Vec<Vec<u32>> = ["The capital of France is", "Three colours of the rainbow are"]
-        .iter()
-        .map(|p| model.tokenizer.encode(p))
-        .collect::<Result<_, _>>()?;
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "Three colours of the rainbow are",
+    ]
+    .iter()
+    .map(|p| model.tokenizer.encode(p))
+    .collect::<Result<_, _>>()?;
 
     timely::execute(timely::Config::thread(), move |worker| {
         let mut input = InputHandle::new();
@@ -65,34 +73,36 @@ fn main() -> anyhow::Result<()> {
             let requests = scope.input_from(&mut input);
             let streams = engine.build(requests).expect("the plan was checked");
             // Our own operator: per-request detokenizer, emitting (request, text piece).
-            let text: StreamVec<u64, (u64, String)> = streams.events.unary(Pipeline, "Detokenize", move |_, _| {
-                let mut streams: HashMap<u64, TokenTextStream> = HashMap::new();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for event in data.drain(..) {
-                            match event {
-                                EngineEvent::Token { seq, token, .. } => {
-                                    let s = streams.entry(seq).or_default();
-                                    if let Ok(piece) = s.push(&tokenizer, token)
-                                        && !piece.is_empty()
-                                    {
-                                        session.give((seq, piece));
+            let text: StreamVec<u64, (u64, String)> =
+                streams.events.unary(Pipeline, "Detokenize", move |_, _| {
+                    let mut streams: HashMap<u64, TokenTextStream> = HashMap::new();
+                    move |input, output| {
+                        input.for_each(|cap, data| {
+                            let mut session = output.session(&cap);
+                            for event in data.drain(..) {
+                                match event {
+                                    EngineEvent::Token { seq, token, .. } => {
+                                        let s = streams.entry(seq).or_default();
+                                        if let Ok(piece) = s.push(&tokenizer, token)
+                                            && !piece.is_empty()
+                                        {
+                                            session.give((seq, piece));
+                                        }
+                                    }
+                                    EngineEvent::Finished { seq, timing, .. } => {
+                                        streams.remove(&seq);
+                                        let ms =
+                                            (timing.finished_us - timing.submitted_us) as f64 / 1e3;
+                                        session.give((seq, format!("  [done in {ms:.0} ms]")));
+                                    }
+                                    EngineEvent::Refused { seq, error } => {
+                                        session.give((seq, format!("  [refused: {error}]")));
                                     }
                                 }
-                                EngineEvent::Finished { seq, timing, .. } => {
-                                    streams.remove(&seq);
-                                    let ms = (timing.finished_us - timing.submitted_us) as f64 / 1e3;
-                                    session.give((seq, format!("  [done in {ms:.0} ms]")));
-                                }
-                                EngineEvent::Refused { seq, error } => {
-                                    session.give((seq, format!("  [refused: {error}]")));
-                                }
                             }
-                        }
-                    });
-                }
-            });
+                        });
+                    }
+                });
             // A tee: log every piece as it passes.
             let (probe, _) = text
                 .inspect(|(seq, piece): &(u64, String)| println!("request {seq}: {piece:?}"))

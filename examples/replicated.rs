@@ -7,13 +7,16 @@
 use std::path::PathBuf;
 
 use tokenflow_engine::Request;
-use tokenflow_engine::dataflow::{Arrivals, Communication, EngineOptions, RouterKind, RunSpec, run};
+use tokenflow_engine::dataflow::{
+    Arrivals, Communication, EngineOptions, RouterKind, RunSpec, run,
+};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
 use tokenflow_planner::{Cluster, Plan};
 
 fn model_path() -> anyhow::Result<PathBuf> {
-    let smollm2 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smollm2 =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.exists() {
         return Ok(smollm2);
     }
@@ -35,10 +38,23 @@ fn main() -> anyhow::Result<()> {
         &cluster,
         n,
         model.name(),
-        &[(0..n / 3, vec![0]), (n / 3..2 * n / 3, vec![1, 2, 3]), (2 * n / 3..n, vec![4])],
+        &[
+            (0..n / 3, vec![0]),
+            (n / 3..2 * n / 3, vec![1, 2, 3]),
+            (2 * n / 3..n, vec![4]),
+        ],
     );
     let requests: Vec<Request> = (0..12)
-        .map(|i| Request::greedy(i, model.tokenizer.encode(&format!("Question {i}: why is the sky")).unwrap(), 8))
+        .map(|i| {
+            Request::greedy(
+                i,
+                model
+                    .tokenizer
+                    .encode(&format!("Question {i}: why is the sky"))
+                    .unwrap(),
+                8,
+            )
+        })
         .collect();
     let spec = |plan: Plan, router| RunSpec {
         model_path: path.clone(),
@@ -56,7 +72,11 @@ fn main() -> anyhow::Result<()> {
     println!("{}", outcome.placement);
     println!("{}", outcome.metrics.stages_table());
     for replica in ["gpu-1", "gpu-2", "gpu-3"] {
-        let tokens = outcome.metrics.stages.get(&format!("{replica} stage 1")).map_or(0, |s| s.tokens);
+        let tokens = outcome
+            .metrics
+            .stages
+            .get(&format!("{replica} stage 1"))
+            .map_or(0, |s| s.tokens);
         println!("{replica} ran {tokens} tokens of stage 1");
         assert!(tokens > 0, "the router left {replica} idle");
     }
@@ -64,11 +84,18 @@ fn main() -> anyhow::Result<()> {
     let whole = Plan::from_stages("whole", &cluster, n, model.name(), &[(0..n, vec![0])]);
     let reference = run(spec(whole, RouterKind::MinLatency), None)?.expect("one process");
     let sorted = |o: &tokenflow_engine::dataflow::RunOutcome| {
-        let mut v: Vec<_> = o.finished.iter().map(|f| (f.seq, f.log.generated.clone())).collect();
+        let mut v: Vec<_> = o
+            .finished
+            .iter()
+            .map(|f| (f.seq, f.log.generated.clone()))
+            .collect();
         v.sort();
         v
     };
     assert_eq!(sorted(&outcome), sorted(&reference));
-    println!("all {} requests match the unsplit model", outcome.finished.len());
+    println!(
+        "all {} requests match the unsplit model",
+        outcome.finished.len()
+    );
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! get typed errors and nothing else is affected; emulated links delay without
 //! blocking.
 
+// A one-stage split is a list holding one layer range.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -40,6 +43,9 @@ fn cluster(n: usize, gpu: &str, extra_gpus: &str) -> Cluster {
     toml.push_str("[[nodes]]\nid = \"far\"\ngpu = \"RTX3060\"\nsite = \"b\"\nregion = \"r\"\n");
     Cluster::from_toml_str(&toml).unwrap()
 }
+
+/// Stages as (layers, node indices).
+type Stages = Vec<(Range<usize>, Vec<usize>)>;
 
 fn plan(cluster: &Cluster, stages: &[(Range<usize>, Vec<usize>)]) -> Plan {
     Plan::from_stages("test", cluster, 6, "tiny", stages)
@@ -107,7 +113,7 @@ fn tokens(outcome: &RunOutcome) -> HashMap<u64, Vec<u32>> {
 fn every_plan_gives_the_tokens_of_the_unsplit_model() {
     let model = LlamaModel::open(tiny_path()).unwrap();
     let c = cluster(6, "RTX4090", "");
-    let plans: Vec<(&str, Vec<(Range<usize>, Vec<usize>)>)> = vec![
+    let plans: Vec<(&str, Stages)> = vec![
         ("one stage", vec![(0..6, vec![0])]),
         ("six stages", (0..6).map(|l| (l..l + 1, vec![l])).collect()),
         (

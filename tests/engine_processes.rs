@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
 
 fn tiny_path() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("tokenflow-proc-tiny-{}.gguf", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("tokenflow-proc-tiny-{}.gguf", std::process::id()));
     if !path.exists() {
         write_tiny_model(&TinyModelSpec::default(), &path).unwrap();
     }
@@ -16,7 +17,11 @@ fn tiny_path() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn base_args(model: &Path, out: &Path) -> Vec<String> {
@@ -35,7 +40,12 @@ fn base_args(model: &Path, out: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for p in ["the cat sat on the mat", "in the beginning", "hello, world! 123", "a"] {
+    for p in [
+        "the cat sat on the mat",
+        "in the beginning",
+        "hello, world! 123",
+        "a",
+    ] {
         args.push("--prompt".into());
         args.push(p.into());
     }
@@ -57,7 +67,9 @@ fn three_processes_give_the_tokens_of_one() {
     assert!(status.success());
 
     let hosts = dir.join("hosts.txt");
-    let text: String = (0..3).map(|_| format!("127.0.0.1:{}\n", free_port())).collect();
+    let text: String = (0..3)
+        .map(|_| format!("127.0.0.1:{}\n", free_port()))
+        .collect();
     std::fs::write(&hosts, text).unwrap();
     let multi = dir.join("multi.json");
     let children: Vec<_> = (0..3)
@@ -93,8 +105,10 @@ fn three_processes_give_the_tokens_of_one() {
             assert!(stdout.contains("local-0 -> local-1"), "{stdout}");
         }
     }
-    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&single).unwrap()).unwrap();
-    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&multi).unwrap()).unwrap();
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&single).unwrap()).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&multi).unwrap()).unwrap();
     assert_eq!(a.as_object().unwrap().len(), 4);
     assert_eq!(a, b);
 }

@@ -14,8 +14,12 @@ use tokenflow_engine::dataflow::{
 };
 use tokenflow_planner::{Cluster, Plan};
 
+/// A plan case: name, stages as (layers, node indices), workers, emulation.
+type Case = (&'static str, Vec<(Range<usize>, Vec<usize>)>, usize, bool);
+
 fn cluster() -> Cluster {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clusters/hetero-4.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clusters/hetero-4.toml");
     Cluster::from_path(path).unwrap()
 }
 
@@ -28,12 +32,28 @@ fn engine_tokens_equal_the_reference_for_every_plan() {
         .map(|(i, p)| Request::greedy(i as u64, p.prompt_ids.clone(), p.tokens.len()))
         .collect();
     let c = cluster();
-    let thirty: Vec<(Range<usize>, Vec<usize>)> = (0..30).map(|l| (l..l + 1, vec![l % 4])).collect();
-    let plans: Vec<(&str, Vec<(Range<usize>, Vec<usize>)>, usize, bool)> = vec![
+    let thirty: Vec<(Range<usize>, Vec<usize>)> =
+        (0..30).map(|l| (l..l + 1, vec![l % 4])).collect();
+    let plans: Vec<Case> = vec![
         ("1 stage", vec![(0..30, vec![0])], 1, false),
-        ("3 stages, replicas", vec![(0..7, vec![0, 1]), (7..23, vec![2]), (23..30, vec![3, 1])], 2, false),
+        (
+            "3 stages, replicas",
+            vec![(0..7, vec![0, 1]), (7..23, vec![2]), (23..30, vec![3, 1])],
+            2,
+            false,
+        ),
         ("30 stages", thirty, 3, false),
-        ("4 stages, emulated links and speeds", vec![(0..10, vec![0]), (10..19, vec![1]), (19..25, vec![3]), (25..30, vec![2])], 2, true),
+        (
+            "4 stages, emulated links and speeds",
+            vec![
+                (0..10, vec![0]),
+                (10..19, vec![1]),
+                (19..25, vec![3]),
+                (25..30, vec![2]),
+            ],
+            2,
+            true,
+        ),
     ];
     let mut unsplit: Option<Vec<Vec<u32>>> = None;
     for (name, stages, workers, emulate) in plans {
@@ -62,7 +82,12 @@ fn engine_tokens_equal_the_reference_for_every_plan() {
         }
         for (p, tokens) in prompts.iter().zip(&got) {
             let exact = p.first_small_margin_step.unwrap_or(p.tokens.len());
-            assert_eq!(&tokens[..exact], &p.tokens[..exact], "{name}: {} differs from the reference", p.name);
+            assert_eq!(
+                &tokens[..exact],
+                &p.tokens[..exact],
+                "{name}: {} differs from the reference",
+                p.name
+            );
         }
         match &unsplit {
             None => unsplit = Some(got),

@@ -106,7 +106,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let context = setup.model.config.context_length;
     let mut requests = Vec::new();
     for i in 0..args.requests {
-        let p = args.prompt_len.sample(&mut rng).clamp(1, context.saturating_sub(2));
+        let p = args
+            .prompt_len
+            .sample(&mut rng)
+            .clamp(1, context.saturating_sub(2));
         let o = args.output_len.sample(&mut rng).max(1);
         let prompt = (0..p)
             .map(|_| ordinary[rng.random_range(0..ordinary.len())])

@@ -131,7 +131,10 @@ impl EngineArgs {
         let options = EngineOptions {
             token_budget: self.token_budget,
             max_prefill_chunk: self.max_prefill_chunk,
-            router: self.router.parse::<RouterKind>().map_err(anyhow::Error::msg)?,
+            router: self
+                .router
+                .parse::<RouterKind>()
+                .map_err(anyhow::Error::msg)?,
             placement: PlacementOptions {
                 emulate_links: emulate,
                 emulate_speed: emulate,

@@ -106,7 +106,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if !single {
         for (seq, ids) in &by_seq {
-            let ids: Vec<u32> = ids.iter().copied().filter(|&t| !tok.is_special(t)).collect();
+            let ids: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&t| !tok.is_special(t))
+                .collect();
             println!("[{seq}] {}", tok.decode(&ids)?.trim_end());
         }
     }

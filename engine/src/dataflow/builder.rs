@@ -223,11 +223,14 @@ impl InferenceDataflow {
                 if s == 0 {
                     embed.insert(
                         i,
-                        StageKernel::Embed(self.model.embed(&device, &mut quiet)?),
+                        StageKernel::Embed(Box::new(self.model.embed(&device, &mut quiet)?)),
                     );
                 }
                 if s == stages - 1 {
-                    head.insert(i, StageKernel::Head(self.model.head(&device, &mut quiet)?));
+                    head.insert(
+                        i,
+                        StageKernel::Head(Box::new(self.model.head(&device, &mut quiet)?)),
+                    );
                 }
             }
         }

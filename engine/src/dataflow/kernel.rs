@@ -12,11 +12,11 @@ use super::message::{Payload, StepMsg};
 #[derive(Debug)]
 pub enum StageKernel {
     /// Token ids to hidden states.
-    Embed(Embed),
+    Embed(Box<Embed>),
     /// Blocks of a layer range, owning their KV cache.
     Blocks(Box<Blocks>),
     /// Final norm and LM head: hidden states to the last row's logits.
-    Head(Head),
+    Head(Box<Head>),
 }
 
 impl StageKernel {

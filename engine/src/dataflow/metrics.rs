@@ -151,11 +151,7 @@ impl EngineMetrics {
         let mut out =
             String::from("| link | messages | bytes | bytes/message |\n|---|---|---|---|\n");
         for (k, t) in &self.links {
-            let per = if t.messages == 0 {
-                0
-            } else {
-                t.bytes / t.messages
-            };
+            let per = t.bytes.checked_div(t.messages).unwrap_or(0);
             out.push_str(&format!("| {k} | {} | {} | {per} |\n", t.messages, t.bytes));
         }
         out

@@ -257,11 +257,9 @@ impl SequencerState {
                     .stages
                     .iter()
                     .map(|&(s, _)| {
-                        if need[s] == 0 {
-                            u32::MAX
-                        } else {
-                            (self.kv_free[i][s] / need[s]).min(u32::MAX as u64) as u32
-                        }
+                        self.kv_free[i][s]
+                            .checked_div(need[s])
+                            .map_or(u32::MAX, |k| k.min(u32::MAX as u64) as u32)
                     })
                     .min()
                     .unwrap_or(0);
