@@ -4,7 +4,9 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
-use tokenflow_engine::dataflow::{Communication, EngineOptions, PlacementOptions, RouterKind};
+use tokenflow_engine::dataflow::{
+    Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterKind,
+};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::llama::parse_splits;
 use tokenflow_operators::profile::static_profile;
@@ -67,6 +69,51 @@ pub struct EngineArgs {
     /// Share of each GPU's memory for weights and KV.
     #[arg(long)]
     pub memory_fraction: Option<f64>,
+    /// Nodes to kill: `node@TIME` or `node@DOWN-UP`, comma-separated (e.g. `paris-3090@2s-4s`).
+    #[arg(long)]
+    pub fail: Option<String>,
+    /// Random churn of every node: `mtbf=2s,mttr=500ms[,seed=N][,horizon=60s]` (exponential up and down times).
+    #[arg(long)]
+    pub churn: Option<String>,
+    /// Heartbeat period in ms.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Detection delay in ms: a node silent this long is declared down.
+    #[arg(long, default_value_t = 1000)]
+    pub suspect_ms: u64,
+}
+
+/// Parses `mtbf=2s,mttr=500ms[,seed=N][,horizon=60s]` into a schedule for `nodes`.
+fn parse_churn(spec: &str, nodes: &[String]) -> anyhow::Result<FailureSchedule> {
+    let mut mtbf = None;
+    let mut mttr = None;
+    let mut seed = 0u64;
+    let mut horizon = std::time::Duration::from_secs(600);
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--churn `{part}`: expected key=value"))?;
+        let duration = |v: &str| -> anyhow::Result<std::time::Duration> {
+            let probe = FailureSchedule::parse(&format!("x@{v}")).map_err(anyhow::Error::msg)?;
+            Ok(probe.outages[0].down_at)
+        };
+        match k {
+            "mtbf" => mtbf = Some(duration(v)?),
+            "mttr" => mttr = Some(duration(v)?),
+            "horizon" => horizon = duration(v)?,
+            "seed" => seed = v.parse().with_context(|| format!("--churn seed `{v}`"))?,
+            other => bail!("--churn: unknown key `{other}` (mtbf, mttr, seed, horizon)"),
+        }
+    }
+    let (Some(mtbf), Some(mttr)) = (mtbf, mttr) else {
+        bail!("--churn needs mtbf= and mttr=");
+    };
+    if mtbf.is_zero() || mttr.is_zero() {
+        bail!("--churn: mtbf and mttr must be positive");
+    }
+    Ok(FailureSchedule::random_churn(
+        nodes, mtbf, mttr, horizon, seed,
+    ))
 }
 
 /// What the shared options resolve to.
@@ -128,6 +175,25 @@ impl EngineArgs {
             Plan::from_stages("single", &cluster, n_layers, model.name(), &stages)
         };
         let emulate = self.cluster.is_some() && !self.no_emulation;
+        let mut failures = match &self.fail {
+            Some(spec) => FailureSchedule::parse(spec).map_err(anyhow::Error::msg)?,
+            None => FailureSchedule::default(),
+        };
+        for o in &failures.outages {
+            if !plan
+                .stages
+                .iter()
+                .any(|s| s.replicas.iter().any(|r| r.node == o.node))
+            {
+                bail!(
+                    "--fail names `{}`, which serves no stage of the plan",
+                    o.node
+                );
+            }
+        }
+        if let Some(spec) = &self.churn {
+            failures.extend(parse_churn(spec, &plan.nodes)?);
+        }
         let options = EngineOptions {
             token_budget: self.token_budget,
             max_prefill_chunk: self.max_prefill_chunk,
@@ -141,6 +207,9 @@ impl EngineArgs {
                 memory_fraction: self.memory_fraction,
                 ..PlacementOptions::default()
             },
+            failures,
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
+            suspect_after: std::time::Duration::from_millis(self.suspect_ms),
             ..EngineOptions::default()
         };
         let communication = match (&self.hostfile, self.process) {

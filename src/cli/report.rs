@@ -22,6 +22,15 @@ pub fn print_summary(outcome: &RunOutcome) {
         m.span_us as f64 / 1e6,
         m.tokens_per_second()
     );
+    if m.failures_detected > 0 || m.restarts > 0 {
+        println!(
+            "failures detected: {}; sequences restarted: {}; tokens recomputed: {} ({:.1}% of generated)\n",
+            m.failures_detected,
+            m.restarts,
+            m.recomputed_tokens,
+            100.0 * m.recomputed_tokens as f64 / m.tokens.max(1) as f64
+        );
+    }
     println!("## Stage operators\n\n{}", m.stages_table());
     if !m.links.is_empty() {
         println!("## Links\n\n{}", m.links_table());

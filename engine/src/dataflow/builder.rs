@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
@@ -42,7 +43,9 @@ use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router};
 use tokenflow_planner::{Cluster, Plan, PlanOptions};
 
+use super::clock::now_us;
 use super::error::EngineError;
+use super::faults::{FailureSchedule, FaultClock};
 use super::kernel::StageKernel;
 use super::message::StepMsg;
 use super::metrics::EngineMetrics;
@@ -92,6 +95,16 @@ pub struct EngineOptions {
     pub router: RouterKind,
     /// Worker mapping and emulation of speeds and links.
     pub placement: PlacementOptions,
+    /// Injected node failures (none by default).
+    pub failures: FailureSchedule,
+    /// Start of the failure schedule (µs since the epoch); `None`: when the dataflow is built.
+    pub failures_start_us: Option<u64>,
+    /// How often the sequencer pings every node while work is in flight.
+    pub heartbeat: Duration,
+    /// A node silent for this long is declared down: the detection delay.
+    pub suspect_after: Duration,
+    /// A sequence left without any path for this long fails.
+    pub stall_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +116,11 @@ impl Default for EngineOptions {
             max_running: 256,
             router: RouterKind::default(),
             placement: PlacementOptions::default(),
+            failures: FailureSchedule::default(),
+            failures_start_us: None,
+            heartbeat: Duration::from_millis(50),
+            suspect_after: Duration::from_millis(1000),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -122,6 +140,15 @@ impl EngineOptions {
                     message: "must be positive".into(),
                 });
             }
+        }
+        if self.heartbeat.is_zero() || self.suspect_after < self.heartbeat {
+            return Err(EngineError::Option {
+                field: "suspect_after".into(),
+                message: format!(
+                    "the detection delay {:?} must be at least one heartbeat ({:?}, positive)",
+                    self.suspect_after, self.heartbeat
+                ),
+            });
         }
         if self.max_prefill_chunk > self.token_budget {
             return Err(EngineError::Option {
@@ -247,7 +274,16 @@ impl InferenceDataflow {
             vocab_size: self.model.config.vocab_size,
             tokenizer: Some(self.model.tokenizer.clone()),
             router: self.router(),
+            heartbeat_us: self.options.heartbeat.as_micros() as u64,
+            suspect_after_us: self.options.suspect_after.as_micros() as u64,
+            stall_timeout_us: self.options.stall_timeout.as_micros() as u64,
         };
+        let ids: Vec<String> = placement.nodes.iter().map(|n| n.id.clone()).collect();
+        let faults = Arc::new(FaultClock::new(
+            &self.options.failures,
+            &ids,
+            self.options.failures_start_us.unwrap_or_else(now_us),
+        ));
         let (handle, cycle) = scope.feedback::<Vec<StepMsg>>(1);
         let out = sequencer_operator(
             requests,
@@ -265,6 +301,7 @@ impl InferenceDataflow {
             limits,
             hidden,
             Rc::clone(&metrics),
+            Arc::clone(&faults),
         );
         for (s, kernels) in blocks.into_iter().enumerate() {
             x = stage_operator(
@@ -275,6 +312,7 @@ impl InferenceDataflow {
                 limits,
                 hidden,
                 Rc::clone(&metrics),
+                Arc::clone(&faults),
             );
         }
         let x = stage_operator(
@@ -285,6 +323,7 @@ impl InferenceDataflow {
             limits,
             hidden,
             Rc::clone(&metrics),
+            Arc::clone(&faults),
         );
         sampler_operator(x).connect_loop(handle);
         Ok(EngineStreams { events, metrics })

@@ -88,6 +88,13 @@ impl StageKernel {
         }
     }
 
+    /// Drops everything the stage holds for every sequence (its node restarted).
+    pub fn clear(&mut self) {
+        if let StageKernel::Blocks(b) = self {
+            b.clear();
+        }
+    }
+
     /// KV bytes in use (blocks only).
     pub fn kv_used(&self) -> u64 {
         match self {
@@ -110,6 +117,8 @@ fn mismatch(seq: SeqId, want: &str, got: &Payload) -> StageError {
         Payload::Sampled(_) => "a sampled token",
         Payload::Release => "a release",
         Payload::Failed(_) => "a failure",
+        Payload::Lost(_) => "a lost sequence",
+        Payload::Ping { .. } | Payload::Pong { .. } => "a heartbeat",
     };
     StageError::BatchMismatch(format!("sequence {seq}: expected {want}, got {got}"))
 }

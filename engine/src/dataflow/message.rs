@@ -23,6 +23,21 @@ pub enum Payload {
     Release,
     /// A stage could not run the step; the sequence ends with this error.
     Failed(String),
+    /// A stage no longer holds the sequence's state (its node restarted): the
+    /// sequence restarts from its token log.
+    Lost(String),
+    /// A heartbeat from the sequencer to a node.
+    Ping {
+        /// Node index.
+        node: u32,
+    },
+    /// A node's answer: it is up, and how many times it has restarted.
+    Pong {
+        /// Node index.
+        node: u32,
+        /// Restarts so far; a change means its memory was lost.
+        incarnation: u32,
+    },
 }
 
 /// One step of one sequence: a prefill chunk or a decode token.
@@ -68,6 +83,11 @@ impl StepMsg {
             Payload::Tokens(_) | Payload::Hidden(_) | Payload::Logits(_) => self.len as usize,
             _ => 0,
         }
+    }
+
+    /// Whether it is a heartbeat or its answer (they pass every stage operator untouched).
+    pub fn is_heartbeat(&self) -> bool {
+        matches!(self.payload, Payload::Ping { .. } | Payload::Pong { .. })
     }
 
     /// Whether it is a decode step (one token, continuing a sequence).

@@ -19,6 +19,8 @@ pub mod names {
     pub const E2E: &str = "e2e";
     /// Submission to the start of the first prefill (waiting for KV room or a path).
     pub const QUEUE: &str = "queue";
+    /// Detection of a failure to the restarted sequence's next token.
+    pub const RECOVERY: &str = "recovery";
 }
 
 /// One stage operator's work on one worker.
@@ -61,6 +63,12 @@ pub struct EngineMetrics {
     pub failed: u64,
     /// Tokens generated.
     pub tokens: u64,
+    /// Sequences restarted on a new path after a failure.
+    pub restarts: u64,
+    /// Tokens prefilled again by restarts.
+    pub recomputed_tokens: u64,
+    /// Node failures or restarts the sequencer noticed.
+    pub failures_detected: u64,
     /// First submission to last token, in µs (0 when nothing ran).
     pub span_us: u64,
 }
@@ -98,6 +106,12 @@ impl EngineMetrics {
         self.completed += other.completed;
         self.failed += other.failed;
         self.tokens += other.tokens;
+        self.restarts += other.restarts;
+        self.recomputed_tokens += other.recomputed_tokens;
+        self.failures_detected += other.failures_detected;
+        self.restarts += other.restarts;
+        self.recomputed_tokens += other.recomputed_tokens;
+        self.failures_detected += other.failures_detected;
         self.span_us = self.span_us.max(other.span_us);
     }
 
@@ -106,6 +120,9 @@ impl EngineMetrics {
         let mut report = LatencyReport::new();
         for name in [names::TTFT, names::INTER_TOKEN, names::E2E, names::QUEUE] {
             report.insert(name, self.latency.get(name).cloned().unwrap_or_default());
+        }
+        if let Some(h) = self.latency.get(names::RECOVERY) {
+            report.insert(names::RECOVERY, h.clone());
         }
         report
     }

@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod clock;
 pub mod error;
+pub mod faults;
 pub mod kernel;
 pub mod link;
 pub mod message;
@@ -21,6 +22,7 @@ pub mod stage_op;
 
 pub use builder::{EngineOptions, EngineStreams, InferenceDataflow, RouterKind};
 pub use error::{EngineError, PlacementError, RequestError};
+pub use faults::{FailureSchedule, Outage};
 pub use metrics::EngineMetrics;
 pub use placement::{LinkModel, Placement, PlacementOptions};
 pub use runner::{Arrivals, Communication, FinishedRequest, RunOutcome, RunSpec, run};

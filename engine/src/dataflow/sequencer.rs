@@ -108,6 +108,12 @@ pub struct SequencerConfig {
     pub tokenizer: Option<TextTokenizer>,
     /// Picks paths for new sequences.
     pub router: Box<dyn Router>,
+    /// How often every node is pinged while work is in flight (µs).
+    pub heartbeat_us: u64,
+    /// A node that has not answered for this long is declared down (µs): the detection delay.
+    pub suspect_after_us: u64,
+    /// A sequence without any path for this long fails (µs).
+    pub stall_timeout_us: u64,
 }
 
 struct Sequence {
@@ -128,13 +134,35 @@ struct Waiting {
 
 type Emit = Vec<(Capability<u64>, Result<StepMsg, EngineEvent>)>;
 
+/// What the sequencer believes about a node, from heartbeats alone.
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeView {
+    down: bool,
+    incarnation: u32,
+    last_pong_us: u64,
+}
+
+/// A reservation on (node, stage) of some bytes.
+type Reservation = (u32, usize, u64);
+
 struct SequencerState {
     config: SequencerConfig,
     placement: Arc<Placement>,
     seqs: HashMap<SeqId, Sequence>,
     waiting: VecDeque<Waiting>,
+    /// Sequences whose path broke, waiting for a new one (with when they stalled).
+    stalled: VecDeque<(SeqId, u64)>,
+    /// Reservations of abandoned paths, freed when their release comes back.
+    pending_release: HashMap<(SeqId, u32), Vec<Reservation>>,
+    /// When the failure that restarted a sequence was detected.
+    recovering: HashMap<SeqId, u64>,
     kv_free: Vec<Vec<u64>>,
     active: Vec<u32>,
+    nodes: Vec<NodeView>,
+    last_ping_us: u64,
+    pinging: bool,
+    /// A capability kept while anything is in flight, for heartbeats and restarts.
+    held: Option<Capability<u64>>,
     metrics: Rc<RefCell<EngineMetrics>>,
     first_submitted_us: Option<u64>,
 }
@@ -155,13 +183,21 @@ impl SequencerState {
             })
             .collect();
         let active = vec![0; placement.nodes.len()];
+        let nodes = vec![NodeView::default(); placement.nodes.len()];
         Self {
             config,
             placement,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
+            stalled: VecDeque::new(),
+            pending_release: HashMap::new(),
+            recovering: HashMap::new(),
             kv_free,
             active,
+            nodes,
+            last_ping_us: 0,
+            pinging: false,
+            held: None,
             metrics,
             first_submitted_us: None,
         }
@@ -239,87 +275,133 @@ impl SequencerState {
         }
     }
 
+    /// A path with KV room for a sequence of `tokens` tokens over live nodes:
+    /// `Ok(None)` when every path is full or down for now.
+    fn find_route(&mut self, tokens: usize) -> Result<Option<(Vec<u32>, Vec<u64>)>, String> {
+        let stages = self.placement.num_stages();
+        let need: Vec<u64> = (0..stages)
+            .map(|s| self.placement.kv_bytes(s, tokens))
+            .collect();
+        let mut state = RouterState::default();
+        for (i, node) in self.placement.nodes.iter().enumerate() {
+            if self.nodes[i].down {
+                state.down.insert(node.id.clone());
+            }
+            let room = node
+                .stages
+                .iter()
+                .map(|&(s, _)| {
+                    self.kv_free[i][s]
+                        .checked_div(need[s])
+                        .map_or(u32::MAX, |k| k.min(u32::MAX as u64) as u32)
+                })
+                .min()
+                .unwrap_or(0);
+            state.kv_free_seqs.insert(node.id.clone(), room);
+            state
+                .load
+                .insert(node.id.clone(), (self.active[i] as f64 / 64.0).min(0.95));
+        }
+        let hops = match self.config.router.route(&state) {
+            Ok(hops) => hops,
+            Err(e) => {
+                // No path now; it is an error only when no replica of a stage is alive.
+                let dead_stage = (0..stages).find(|&s| {
+                    self.placement.stage_replicas[s]
+                        .iter()
+                        .all(|&n| self.nodes[n as usize].down)
+                });
+                return match dead_stage {
+                    Some(s) => Err(format!("{e}; every replica of stage {s} is down")),
+                    None => Ok(None),
+                };
+            }
+        };
+        let mut route = vec![u32::MAX; stages];
+        for h in hops {
+            let Some(n) = self.placement.node_index(&h.node) else {
+                continue;
+            };
+            for r in route.iter_mut().take(h.last + 1).skip(h.first) {
+                *r = n;
+            }
+        }
+        let usable = route.iter().enumerate().all(|(s, &n)| {
+            (n as usize) < self.placement.nodes.len()
+                && !self.nodes[n as usize].down
+                && self.kv_free[n as usize][s] >= need[s]
+        });
+        Ok(usable.then_some((route, need)))
+    }
+
+    fn reserve(&mut self, route: &[u32], need: &[u64]) -> Vec<Reservation> {
+        let mut reserved = Vec::new();
+        let mut seen = Vec::new();
+        for (s, &n) in route.iter().enumerate() {
+            self.kv_free[n as usize][s] -= need[s];
+            reserved.push((n, s, need[s]));
+            if !seen.contains(&n) {
+                seen.push(n);
+                self.active[n as usize] += 1;
+            }
+        }
+        reserved
+    }
+
+    fn unreserve(&mut self, reserved: Vec<Reservation>) {
+        let mut seen = Vec::new();
+        for (n, s, bytes) in reserved {
+            self.kv_free[n as usize][s] += bytes;
+            if !seen.contains(&n) {
+                seen.push(n);
+                self.active[n as usize] = self.active[n as usize].saturating_sub(1);
+            }
+        }
+    }
+
     /// Starts waiting requests, in order, while a path with KV room exists.
     fn start_waiting(&mut self, emit: &mut Emit) {
         while self.seqs.len() < self.config.max_running {
             let Some(front) = self.waiting.front() else {
                 return;
             };
-            let request = &front.submission.request;
-            let tokens = self.tokens_needed(request);
-            let stages = self.placement.num_stages();
-            let need: Vec<u64> = (0..stages)
-                .map(|s| self.placement.kv_bytes(s, tokens))
-                .collect();
-            let mut state = RouterState::default();
-            for (i, node) in self.placement.nodes.iter().enumerate() {
-                let room = node
-                    .stages
-                    .iter()
-                    .map(|&(s, _)| {
-                        self.kv_free[i][s]
-                            .checked_div(need[s])
-                            .map_or(u32::MAX, |k| k.min(u32::MAX as u64) as u32)
-                    })
-                    .min()
-                    .unwrap_or(0);
-                state.kv_free_seqs.insert(node.id.clone(), room);
-                state
-                    .load
-                    .insert(node.id.clone(), (self.active[i] as f64 / 64.0).min(0.95));
-            }
-            let route = match self.config.router.route(&state) {
-                Ok(hops) => {
-                    let mut route = vec![u32::MAX; stages];
-                    for h in hops {
-                        let Some(n) = self.placement.node_index(&h.node) else {
-                            continue;
-                        };
-                        for r in route.iter_mut().take(h.last + 1).skip(h.first) {
-                            *r = n;
-                        }
-                    }
-                    route
-                }
-                Err(e) => {
-                    if self.seqs.is_empty() {
-                        // Nothing in flight will free room: it can never start.
-                        let w = self.waiting.pop_front().expect("front exists");
-                        self.metrics.borrow_mut().failed += 1;
-                        emit.push((
-                            w.cap,
-                            Err(EngineEvent::Refused {
-                                seq: w.submission.request.id,
-                                error: RequestError::NoPath {
-                                    seq: w.submission.request.id,
-                                    reason: e.to_string(),
-                                },
-                            }),
-                        ));
-                        continue;
-                    }
+            let tokens = self.tokens_needed(&front.submission.request);
+            let submitted_us = front.submission.submitted_us;
+            let (route, need) = match self.find_route(tokens) {
+                Ok(Some(found)) => found,
+                // Room frees as running sequences end.
+                Ok(None) if !self.seqs.is_empty() => return,
+                // Nodes are down: they may come back within the stall timeout.
+                Ok(None) | Err(_)
+                    if self.nodes.iter().any(|v| v.down)
+                        && now_us().saturating_sub(submitted_us) < self.config.stall_timeout_us =>
+                {
                     return;
                 }
+                result => {
+                    // Nothing in flight will free room or bring a node back: it can never start.
+                    let reason = match result {
+                        Err(e) => e,
+                        _ => "no path has KV room".to_string(),
+                    };
+                    let w = self.waiting.pop_front().expect("front exists");
+                    self.metrics.borrow_mut().failed += 1;
+                    emit.push((
+                        w.cap,
+                        Err(EngineEvent::Refused {
+                            seq: w.submission.request.id,
+                            error: RequestError::NoPath {
+                                seq: w.submission.request.id,
+                                reason,
+                            },
+                        }),
+                    ));
+                    continue;
+                }
             };
-            let usable = route.iter().enumerate().all(|(s, &n)| {
-                (n as usize) < self.placement.nodes.len() && self.kv_free[n as usize][s] >= need[s]
-            });
-            if !usable {
-                // The router returned a path without room: wait for room to free.
-                return;
-            }
             let w = self.waiting.pop_front().expect("front exists");
             let now = now_us();
-            let mut reserved = Vec::new();
-            let mut seen = Vec::new();
-            for (s, &n) in route.iter().enumerate() {
-                self.kv_free[n as usize][s] -= need[s];
-                reserved.push((n, s, need[s]));
-                if !seen.contains(&n) {
-                    seen.push(n);
-                    self.active[n as usize] += 1;
-                }
-            }
+            let reserved = self.reserve(&route, &need);
             self.metrics
                 .borrow_mut()
                 .record_latency(names::QUEUE, now.saturating_sub(w.submission.submitted_us));
@@ -351,6 +433,156 @@ impl SequencerState {
             self.seqs.insert(id, seq);
             emit.push((w.cap, Ok(step)));
         }
+    }
+
+    /// Abandons `id`'s path: its reservations are released along the old path and
+    /// the sequence waits for a new one, where its log is prefilled again.
+    fn restart(&mut self, id: SeqId, cap: &Capability<u64>, detected_us: u64, emit: &mut Emit) {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if seq.released || self.stalled.iter().any(|&(s, _)| s == id) {
+            return;
+        }
+        let old = std::mem::take(&mut seq.reserved);
+        self.pending_release.insert((id, seq.attempt), old);
+        emit.push((cap.clone(), Ok(Self::release_step(seq))));
+        seq.attempt += 1;
+        self.recovering.entry(id).or_insert(detected_us);
+        self.stalled.push_back((id, detected_us));
+    }
+
+    /// Gives stalled sequences new paths, in order; fails those stalled too long.
+    fn start_stalled(&mut self, cap: &Capability<u64>, emit: &mut Emit) {
+        let now = now_us();
+        let mut still = VecDeque::new();
+        while let Some((id, since)) = self.stalled.pop_front() {
+            let Some(seq) = self.seqs.get(&id) else {
+                continue;
+            };
+            let tokens = self.tokens_needed(&seq.request);
+            match self.find_route(tokens) {
+                Ok(Some((route, need))) => {
+                    let reserved = self.reserve(&route, &need);
+                    let seq = self.seqs.get_mut(&id).expect("present");
+                    seq.route = route;
+                    seq.reserved = reserved;
+                    let step = Self::next_chunk(seq, 0, CLIENT, self.config.max_prefill_chunk);
+                    let mut m = self.metrics.borrow_mut();
+                    m.restarts += 1;
+                    m.recomputed_tokens += seq.log.len() as u64;
+                    drop(m);
+                    emit.push((cap.clone(), Ok(step)));
+                }
+                result if now.saturating_sub(since) > self.config.stall_timeout_us => {
+                    let reason = match result {
+                        Err(e) => e,
+                        _ => "no path with KV room".into(),
+                    };
+                    let seq = self.seqs.get_mut(&id).expect("present");
+                    seq.released = true;
+                    self.metrics.borrow_mut().failed += 1;
+                    emit.push((
+                        cap.clone(),
+                        Err(EngineEvent::Refused {
+                            seq: id,
+                            error: RequestError::NoPath {
+                                seq: id,
+                                reason: format!(
+                                    "{reason} (waited {:.1} s for a path)",
+                                    (now - since) as f64 / 1e6
+                                ),
+                            },
+                        }),
+                    ));
+                    // Nothing is reserved: the sequence is done.
+                    self.seqs.remove(&id);
+                }
+                _ => still.push_back((id, since)),
+            }
+        }
+        self.stalled = still;
+    }
+
+    /// A node is believed down (missed heartbeats) or restarted (new incarnation):
+    /// every sequence whose path uses it restarts elsewhere.
+    fn node_failed(&mut self, node: u32, cap: &Capability<u64>, emit: &mut Emit) {
+        let now = now_us();
+        self.metrics.borrow_mut().failures_detected += 1;
+        let mut hit: Vec<SeqId> = self
+            .seqs
+            .iter()
+            .filter(|(_, s)| !s.released && s.route.contains(&node))
+            .map(|(&id, _)| id)
+            .collect();
+        hit.sort_unstable();
+        for id in hit {
+            self.restart(id, cap, now, emit);
+        }
+    }
+
+    /// Pings every node; declares down those silent for longer than the detection delay.
+    fn heartbeat(&mut self, cap: &Capability<u64>, emit: &mut Emit) {
+        let now = now_us();
+        if !self.pinging {
+            // After an idle spell nobody was pinged: start the clocks afresh.
+            self.pinging = true;
+            for v in &mut self.nodes {
+                v.last_pong_us = now;
+            }
+            self.last_ping_us = 0;
+        }
+        if now.saturating_sub(self.last_ping_us) >= self.config.heartbeat_us {
+            self.last_ping_us = now;
+            let stages = self.placement.num_stages();
+            for n in 0..self.placement.nodes.len() as u32 {
+                emit.push((
+                    cap.clone(),
+                    Ok(StepMsg {
+                        seq: u64::MAX,
+                        attempt: 0,
+                        route: vec![n; stages],
+                        start: 0,
+                        len: 0,
+                        last_chunk: false,
+                        sampling: tokenflow_operators::SamplingParams::greedy(),
+                        history: Vec::new(),
+                        from_node: CLIENT,
+                        sent_us: now,
+                        payload: Payload::Ping { node: n },
+                    }),
+                ));
+            }
+        }
+        for n in 0..self.nodes.len() {
+            let v = self.nodes[n];
+            if !v.down && now.saturating_sub(v.last_pong_us) > self.config.suspect_after_us {
+                self.nodes[n].down = true;
+                self.node_failed(n as u32, cap, emit);
+            }
+        }
+    }
+
+    fn pong(&mut self, node: u32, incarnation: u32, cap: &Capability<u64>, emit: &mut Emit) {
+        let Some(v) = self.nodes.get(node as usize).copied() else {
+            return;
+        };
+        self.nodes[node as usize].last_pong_us = now_us();
+        self.nodes[node as usize].down = false;
+        if incarnation != v.incarnation {
+            self.nodes[node as usize].incarnation = incarnation;
+            if !v.down {
+                // It restarted between two heartbeats: whatever it held is gone.
+                self.node_failed(node, cap, emit);
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self.seqs.is_empty()
+            || !self.waiting.is_empty()
+            || !self.stalled.is_empty()
+            || !self.pending_release.is_empty()
     }
 
     /// The step after `cached` known tokens are in the stages' caches.
@@ -457,6 +689,12 @@ impl SequencerState {
     fn feedback(&mut self, msg: StepMsg, cap: &Capability<u64>, emit: &mut Emit) {
         let id = msg.seq;
         let max_chunk = self.config.max_prefill_chunk;
+        if let Payload::Release = msg.payload
+            && let Some(old) = self.pending_release.remove(&(id, msg.attempt))
+        {
+            self.unreserve(old);
+            return;
+        }
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
@@ -467,15 +705,13 @@ impl SequencerState {
         match msg.payload {
             Payload::Release => {
                 let seq = self.seqs.remove(&id).expect("present");
-                let mut seen = Vec::new();
-                for (n, s, bytes) in seq.reserved {
-                    self.kv_free[n as usize][s] += bytes;
-                    if !seen.contains(&n) {
-                        seen.push(n);
-                        self.active[n as usize] -= 1;
-                    }
-                }
+                self.recovering.remove(&id);
+                self.unreserve(seq.reserved);
             }
+            Payload::Lost(_) => {
+                self.restart(id, cap, now_us(), emit);
+            }
+            Payload::Ping { .. } | Payload::Pong { .. } => {}
             _ if seq.released => {}
             Payload::ChunkDone => {
                 let cached = (msg.start + msg.len) as usize;
@@ -489,6 +725,9 @@ impl SequencerState {
                 {
                     let mut m = self.metrics.borrow_mut();
                     m.tokens += 1;
+                    if let Some(detected) = self.recovering.remove(&id) {
+                        m.record_latency(names::RECOVERY, now.saturating_sub(detected));
+                    }
                     if index == 0 {
                         seq.timing.first_token_us = now;
                         m.record_latency(names::TTFT, now.saturating_sub(seq.timing.submitted_us));
@@ -555,12 +794,14 @@ pub fn sequencer_operator<'s>(
     placement: Arc<Placement>,
     metrics: Rc<RefCell<EngineMetrics>>,
 ) -> StreamVec<'s, u64, Result<StepMsg, EngineEvent>> {
+    let scope = requests.scope();
     requests.binary(
         feedback,
         Exchange::new(|_: &Submission| 0u64),
         Exchange::new(|_: &StepMsg| 0u64),
         "Sequencer",
-        move |_cap, _info| {
+        move |_cap, info| {
+            let activator = scope.activator_for(info.address);
             let mut state = SequencerState::new(config, placement, metrics);
             move |requests, feedback, output| {
                 let port = output.output_index();
@@ -569,6 +810,9 @@ pub fn sequencer_operator<'s>(
                     let Some(cap) = cap.retain_least(port) else {
                         return;
                     };
+                    if state.held.is_none() {
+                        state.held = Some(cap.clone());
+                    }
                     for sub in data.drain(..) {
                         state.submit(sub, cap.clone(), &mut emit);
                     }
@@ -577,13 +821,36 @@ pub fn sequencer_operator<'s>(
                     let Some(cap) = cap.retain_least(port) else {
                         return;
                     };
+                    if state.held.is_none() {
+                        state.held = Some(cap.clone());
+                    }
                     for msg in data.drain(..) {
-                        state.feedback(msg, &cap, &mut emit);
+                        match msg.payload {
+                            Payload::Pong { node, incarnation } => {
+                                state.pong(node, incarnation, &cap, &mut emit)
+                            }
+                            _ => state.feedback(msg, &cap, &mut emit),
+                        }
                     }
                 });
+                if let Some(cap) = state.held.clone() {
+                    if state.busy() {
+                        state.heartbeat(&cap, &mut emit);
+                        state.start_stalled(&cap, &mut emit);
+                    }
+                }
                 state.start_waiting(&mut emit);
                 for (cap, item) in emit {
                     output.session(&cap).give(item);
+                }
+                if state.busy() {
+                    activator.activate_after(std::time::Duration::from_micros(
+                        state.config.heartbeat_us.max(1_000),
+                    ));
+                } else {
+                    // Nothing in flight: let the dataflow's frontier move (and end).
+                    state.held = None;
+                    state.pinging = false;
                 }
             }
         },

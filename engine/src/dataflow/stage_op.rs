@@ -18,8 +18,11 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use tokenflow_operators::StageError;
+use tokenflow_operators::kv_cache::KvError;
 
 use super::clock::now_us;
+use super::faults::FaultClock;
 use super::kernel::StageKernel;
 use super::link::DelayedInbox;
 use super::message::{Payload, StepMsg};
@@ -68,6 +71,7 @@ pub struct BatchLimits {
 
 struct NodeQueue {
     kernel: StageKernel,
+    incarnation: u32,
     speed_factor: f64,
     metrics_key: String,
     ready: VecDeque<(Capability<u64>, StepMsg)>,
@@ -87,6 +91,7 @@ pub fn stage_operator<'s>(
     limits: BatchLimits,
     hidden: usize,
     metrics: Rc<RefCell<EngineMetrics>>,
+    faults: Arc<FaultClock>,
 ) -> StreamVec<'s, u64, StepMsg> {
     let route_index = role.route_index(placement.num_stages());
     let route_placement = Arc::clone(&placement);
@@ -108,6 +113,7 @@ pub fn stage_operator<'s>(
                     let slot = &placement.nodes[n as usize];
                     let queue = NodeQueue {
                         kernel,
+                        incarnation: 0,
                         speed_factor: slot.speed_factor,
                         metrics_key: format!("{} {}", slot.id, role.name()),
                         ready: VecDeque::new(),
@@ -129,19 +135,52 @@ pub fn stage_operator<'s>(
                     }
                 });
                 let now = now_us();
-                for (cap, msg) in inbox.ready(now) {
+                // A node that failed since we last looked has lost its memory and its queue.
+                for (&node, q) in nodes.iter_mut() {
+                    let inc = faults.incarnation(node, now);
+                    if inc != q.incarnation {
+                        q.incarnation = inc;
+                        q.kernel.clear();
+                        q.ready.clear();
+                        q.outbox.clear();
+                    }
+                }
+                for (cap, mut msg) in inbox.ready(now) {
                     let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
-                    match nodes.get_mut(&node) {
-                        Some(q) => q.ready.push_back((cap, msg)),
-                        None => {
-                            // No replica here: the route is wrong; the sequence fails, nothing else does.
-                            let mut msg = msg;
-                            msg.payload = Payload::Failed(format!(
-                                "{}: no replica of node {node} on this worker",
-                                role.name()
-                            ));
+                    let down = faults.is_down(node, now);
+                    match msg.payload {
+                        // A dead node drops what reaches it, as on a real network.
+                        Payload::Ping { .. } | Payload::Pong { .. } if down => {}
+                        Payload::Ping { node: target } => {
+                            msg.payload = Payload::Pong {
+                                node: target,
+                                incarnation: faults.incarnation(target, now),
+                            };
+                            msg.from_node = node;
+                            msg.sent_us = now;
                             output.session(&cap).give(msg);
                         }
+                        Payload::Pong { .. } => output.session(&cap).give(msg),
+                        // Releases stand for direct messages from the sequencer to each
+                        // node of a path: a dead node does not stop them reaching the others.
+                        Payload::Release => {
+                            if !down && let Some(q) = nodes.get_mut(&node) {
+                                q.kernel.release(msg.seq);
+                            }
+                            output.session(&cap).give(msg);
+                        }
+                        _ if down => {}
+                        _ => match nodes.get_mut(&node) {
+                            Some(q) => q.ready.push_back((cap, msg)),
+                            None => {
+                                // No replica here: the route is wrong; the sequence fails, nothing else does.
+                                msg.payload = Payload::Failed(format!(
+                                    "{}: no replica of node {node} on this worker",
+                                    role.name()
+                                ));
+                                output.session(&cap).give(msg);
+                            }
+                        },
                     }
                 }
                 let mut wake: Option<u64> = inbox.next_delivery_us();
@@ -171,7 +210,12 @@ pub fn stage_operator<'s>(
                                 msg.sent_us = now;
                                 output.session(&cap).give(msg);
                             }
-                            Payload::Failed(_) | Payload::ChunkDone | Payload::Sampled(_) => {
+                            Payload::Failed(_)
+                            | Payload::Lost(_)
+                            | Payload::ChunkDone
+                            | Payload::Sampled(_)
+                            | Payload::Ping { .. }
+                            | Payload::Pong { .. } => {
                                 msg.from_node = node;
                                 msg.sent_us = now;
                                 output.session(&cap).give(msg);
@@ -231,6 +275,11 @@ pub fn stage_operator<'s>(
                         wake = Some(wake.map_or(release, |w| w.min(release)));
                     }
                 }
+                for &node in nodes.keys() {
+                    if let Some(t) = faults.next_change(node, now) {
+                        wake = Some(wake.map_or(t, |w| w.min(t)));
+                    }
+                }
                 for (&(from, to), traffic) in &inbox.traffic {
                     let last = reported_links.entry((from, to)).or_default();
                     if *last != (traffic.messages, traffic.bytes) {
@@ -273,8 +322,13 @@ fn run_batch(kernel: &mut StageKernel, batch: &mut [StepMsg], hidden: usize) {
         return;
     }
     for msg in batch.iter_mut() {
-        if let Err(e) = kernel.run(std::slice::from_mut(msg), hidden) {
-            msg.payload = Payload::Failed(e.to_string());
+        match kernel.run(std::slice::from_mut(msg), hidden) {
+            Ok(()) => {}
+            // The stage no longer holds the sequence (its node restarted): rebuild it.
+            Err(e @ StageError::Kv(KvError::PositionMismatch { .. })) => {
+                msg.payload = Payload::Lost(e.to_string())
+            }
+            Err(e) => msg.payload = Payload::Failed(e.to_string()),
         }
     }
 }
