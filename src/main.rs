@@ -22,6 +22,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Load-test the dataflow engine: latency percentiles, `.hgrm` files and a plot.
     Bench(cli::bench::BenchArgs),
+    /// A supervised timely cluster of processes that survives process crashes.
+    Cluster(cli::cluster::ClusterArgs),
     /// Measure a model's profile (sizes, FLOPs, stage times) as JSON for the planner.
     Profile(cli::profile::ProfileArgs),
 }
@@ -33,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => cli::plan::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Cluster(args) => cli::cluster::run(args),
     }
 }

@@ -1,6 +1,7 @@
 //! Subcommands of the `tokenflow` binary.
 
 pub mod bench;
+pub mod cluster;
 pub mod engine_args;
 pub mod generate;
 pub mod load;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokenflow_engine::Request;
+use tokenflow_engine::dataflow::durable_log::LoggedRun;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
 use tokenflow_operators::SamplingParams;
 use tokenflow_operators::chat::render_user_prompt;
@@ -41,13 +42,20 @@ pub struct RunArgs {
     /// Write each request's generated token ids as JSON here.
     #[arg(long)]
     pub tokens_json: Option<PathBuf>,
+    /// Append every submission, token and completion durably to this file (JSON lines).
+    #[arg(long)]
+    pub token_log: Option<PathBuf>,
+    /// Continue the unfinished requests of `--token-log` (its requests replace `--prompt`).
+    #[arg(long, requires = "token_log")]
+    pub resume: bool,
 }
 
 /// Runs `tokenflow run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let setup = args.engine.resolve()?;
-    let tok = &setup.model.tokenizer;
-    let mut requests = Vec::new();
+    let mut setup = args.engine.resolve()?;
+    let tok = setup.model.tokenizer.clone();
+    let tok = &tok;
+    let mut requests: Vec<Request> = Vec::new();
     for (i, text) in args.prompt.iter().enumerate() {
         let text = if args.chat {
             render_user_prompt(text)
@@ -71,6 +79,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             stop_tokens,
             stop_strings: args.stop.clone(),
         });
+    }
+    if let Some(path) = &args.token_log {
+        let logged = LoggedRun::read(path)?;
+        if !logged.requests.is_empty() {
+            if !args.resume {
+                bail!(
+                    "{} already holds a run: pass --resume to continue it, or remove it",
+                    path.display()
+                );
+            }
+            requests = logged.unfinished();
+            setup.options.resumed = requests
+                .iter()
+                .map(|r| (r.id, logged.tokens.get(&r.id).map_or(0, Vec::len)))
+                .collect();
+            eprintln!(
+                "resuming {} unfinished of {} requests from {}",
+                requests.len(),
+                logged.requests.len(),
+                path.display()
+            );
+        }
+        setup.options.token_log = Some(path.clone());
     }
     let single = requests.len() == 1;
     let stream_tok = tok.clone();
@@ -101,8 +132,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     println!();
     let mut by_seq: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-    for f in &outcome.finished {
-        by_seq.insert(f.seq, f.log.generated.clone());
+    match &args.token_log {
+        // The log holds every token, including those of earlier, interrupted runs.
+        Some(path) => {
+            let logged = LoggedRun::read(path)?;
+            for r in &logged.requests {
+                if let Some((Some(_), _)) = logged.ended.get(&r.id) {
+                    by_seq.insert(r.id, logged.tokens.get(&r.id).cloned().unwrap_or_default());
+                }
+            }
+        }
+        None => {
+            for f in &outcome.finished {
+                by_seq.insert(f.seq, f.log.generated.clone());
+            }
+        }
     }
     if !single {
         for (seq, ids) in &by_seq {

@@ -29,6 +29,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,9 +37,9 @@ use std::time::Duration;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
-use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::profile::static_profile;
+use tokenflow_operators::{LlamaModel, SeqId};
 use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router};
 use tokenflow_planner::{Cluster, Plan, PlanOptions};
@@ -105,6 +106,11 @@ pub struct EngineOptions {
     pub suspect_after: Duration,
     /// A sequence left without any path for this long fails.
     pub stall_timeout: Duration,
+    /// Where `run` appends its durable token log (none: no log).
+    pub token_log: Option<PathBuf>,
+    /// Tokens already logged per resumed request: their new tokens are logged
+    /// after these, and their submissions are not logged again.
+    pub resumed: BTreeMap<SeqId, usize>,
 }
 
 impl Default for EngineOptions {
@@ -121,6 +127,8 @@ impl Default for EngineOptions {
             heartbeat: Duration::from_millis(50),
             suspect_after: Duration::from_millis(1000),
             stall_timeout: Duration::from_secs(30),
+            token_log: None,
+            resumed: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +206,11 @@ impl InferenceDataflow {
             options,
             cost,
         })
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// The checked placement.

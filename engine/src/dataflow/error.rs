@@ -166,6 +166,9 @@ pub enum EngineError {
     /// Timely could not start or a worker failed.
     #[error("timely: {0}")]
     Timely(String),
+    /// The durable token log failed.
+    #[error(transparent)]
+    Log(#[from] super::durable_log::LogError),
     /// Invalid engine options.
     #[error("invalid option {field}: {message}")]
     Option {

@@ -2,6 +2,7 @@
 //! of a timely cluster, and brings every worker's measurements to worker 0.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokenflow_planner::{Cluster, Plan};
 
 use super::builder::{EngineOptions, InferenceDataflow};
 use super::clock::now_us;
+use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
 use super::metrics::EngineMetrics;
 use super::sequencer::{EngineEvent, RequestTiming, Submission};
@@ -246,6 +248,14 @@ fn drive_worker(
     let mut finished = Vec::new();
     let mut refused = Vec::new();
     let start = Instant::now();
+    let options = engine.options();
+    let mut log = match (&options.token_log, index) {
+        (Some(path), 0) => Some(DurableLog {
+            writer: DurableLogWriter::open(path, Duration::from_millis(100))?,
+            resumed: options.resumed.clone(),
+        }),
+        _ => None,
+    };
     let mut input = Some(input);
     if index == 0 {
         let total = requests.len();
@@ -253,7 +263,7 @@ fn drive_worker(
         let mut done = 0usize;
         let mut epoch = 0u64;
         loop {
-            done += drain_events(&seen, observer, &mut finished, &mut refused);
+            done += drain_events(&seen, observer, &mut finished, &mut refused, log.as_mut())?;
             let elapsed = start.elapsed().as_micros() as u64;
             let mut wait = Duration::from_millis(20);
             if let Some(handle) = input.as_mut() {
@@ -274,6 +284,11 @@ fn drive_worker(
                 };
                 if due > next {
                     for r in &requests[next..due] {
+                        if let Some(log) = log.as_mut()
+                            && !log.resumed.contains_key(&r.id)
+                        {
+                            log.writer.append(&LogRecord::Submit(r.clone()))?;
+                        }
                         handle.send(Submission {
                             request: r.clone(),
                             submitted_us: now_us(),
@@ -290,7 +305,7 @@ fn drive_worker(
                 }
             }
             if input.is_none() && probe.done() {
-                drain_events(&seen, observer, &mut finished, &mut refused);
+                drain_events(&seen, observer, &mut finished, &mut refused, log.as_mut())?;
                 break;
             }
             worker.step_or_park(Some(wait));
@@ -320,15 +335,51 @@ fn drive_worker(
     Ok(Some((finished, refused, merged, wall)))
 }
 
-/// Hands each new event to the observer and files completions; returns how many requests ended.
+/// The durable log of worker 0, and where resumed requests' tokens continue.
+struct DurableLog {
+    writer: DurableLogWriter,
+    resumed: BTreeMap<SeqId, usize>,
+}
+
+impl DurableLog {
+    fn record(&mut self, event: &EngineEvent) -> Result<(), LogError> {
+        let record = match event {
+            EngineEvent::Token {
+                seq, index, token, ..
+            } => LogRecord::Token {
+                seq: *seq,
+                index: index + self.resumed.get(seq).copied().unwrap_or(0),
+                token: *token,
+            },
+            EngineEvent::Finished { seq, reason, .. } => LogRecord::End {
+                seq: *seq,
+                reason: Some(*reason),
+                error: None,
+            },
+            EngineEvent::Refused { seq, error } => LogRecord::End {
+                seq: *seq,
+                reason: None,
+                error: Some(error.to_string()),
+            },
+        };
+        self.writer.append(&record)
+    }
+}
+
+/// Logs each new event durably, hands it to the observer and files completions;
+/// returns how many requests ended.
 fn drain_events(
     seen: &RefCell<Vec<EngineEvent>>,
     observer: Option<&EventObserver>,
     finished: &mut Vec<FinishedRequest>,
     refused: &mut Vec<(SeqId, RequestError)>,
-) -> usize {
+    mut log: Option<&mut DurableLog>,
+) -> Result<usize, EngineError> {
     let mut ended = 0;
     for event in seen.borrow_mut().drain(..) {
+        if let Some(log) = log.as_deref_mut() {
+            log.record(&event)?;
+        }
         if let Some(obs) = observer {
             obs(&event);
         }
@@ -354,5 +405,5 @@ fn drain_events(
             EngineEvent::Token { .. } => {}
         }
     }
-    ended
+    Ok(ended)
 }
