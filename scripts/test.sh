@@ -21,9 +21,12 @@ step "cargo test (release)"
 cargo test --workspace --release
 
 step "examples"
+# `cargo test` above built them with the workspace's features; `cargo run --example`
+# would resolve features for the root package alone and rebuild burn.
 for example in $(ls examples/*.rs 2>/dev/null | xargs -n1 basename 2>/dev/null | sed 's/\.rs$//'); do
   echo "-- example $example"
-  cargo run --release --quiet --example "$example"
+  test -x "target/release/examples/$example" || cargo build --workspace --release --examples
+  "target/release/examples/$example"
 done
 
 step "cargo check --features cuda"

@@ -13,7 +13,7 @@ use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
 
 use super::engine_args::EngineArgs;
-use super::report::{print_summary, write_outputs};
+use super::report::{print_summary, write_comparison, write_outputs};
 
 /// A distribution of lengths: `fixed:N` or `uniform:A:B` (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => b.inc(1),
     });
+    let with_failures = !setup.options.failures.is_empty();
     let spec = RunSpec {
         model_path: setup.model_path.clone(),
         plan: setup.plan,
@@ -166,6 +167,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         requests,
         arrivals,
     };
+    // With failures injected, first the same load without them: the answers must
+    // not change, and the two latency distributions are compared.
+    let baseline = if with_failures && spec.communication.is_first() {
+        eprintln!("baseline run without failures");
+        let mut clean = spec.clone();
+        clean.options.failures = Default::default();
+        run_engine(clean, None)?
+    } else {
+        None
+    };
+    if with_failures {
+        eprintln!("run with failures");
+    }
     let outcome = run_engine(spec, Some(observer))?;
     bar.finish();
     let Some(outcome) = outcome else {
@@ -175,7 +189,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (seq, e) in &outcome.refused {
         eprintln!("[{seq}] {e}");
     }
-    print_summary(&outcome);
-    write_outputs(&outcome, &args.out, &args.label)?;
+    match &baseline {
+        Some(clean) => {
+            println!("\n# Without failures\n");
+            print_summary(clean);
+            println!("\n# With failures\n");
+            print_summary(&outcome);
+            let answers = |o: &tokenflow_engine::dataflow::RunOutcome| {
+                let mut v: Vec<(u64, Vec<u32>)> = o
+                    .finished
+                    .iter()
+                    .map(|f| (f.seq, f.log.generated.clone()))
+                    .collect();
+                v.sort();
+                v
+            };
+            let same = answers(clean) == answers(&outcome);
+            println!(
+                "answers with failures identical to those without: {}",
+                if same { "yes" } else { "NO" }
+            );
+            write_outputs(clean, &args.out.join("no-failures"), "no failures")?;
+            write_outputs(&outcome, &args.out, &args.label)?;
+            write_comparison(
+                &[("no failures", clean), (args.label.as_str(), &outcome)],
+                &args.out.join("latency-compare.svg"),
+            )?;
+            if !same {
+                bail!("the answers changed under failures");
+            }
+        }
+        None => {
+            print_summary(&outcome);
+            write_outputs(&outcome, &args.out, &args.label)?;
+        }
+    }
     Ok(())
 }

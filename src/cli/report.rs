@@ -54,3 +54,16 @@ pub fn write_outputs(outcome: &RunOutcome, dir: &Path, label: &str) -> anyhow::R
     }
     Ok(())
 }
+
+/// One SVG of the latency distributions of several runs, side by side per metric.
+pub fn write_comparison(runs: &[(&str, &RunOutcome)], path: &Path) -> anyhow::Result<()> {
+    let reports: Vec<_> = runs
+        .iter()
+        .map(|(name, o)| (*name, o.metrics.latency_report()))
+        .collect();
+    let refs: Vec<(&str, &tokenflow_planner::latency::LatencyReport)> =
+        reports.iter().map(|(n, r)| (*n, r)).collect();
+    latency_cdf_multi_svg(&refs, &[], "Token latency", path)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -30,6 +30,8 @@ pub enum Payload {
     Ping {
         /// Node index.
         node: u32,
+        /// When the sequencer sent it (µs since the epoch).
+        sent_us: u64,
     },
     /// A node's answer: it is up, and how many times it has restarted.
     Pong {
@@ -37,6 +39,8 @@ pub enum Payload {
         node: u32,
         /// Restarts so far; a change means its memory was lost.
         incarnation: u32,
+        /// When the ping it answers was sent (µs since the epoch).
+        pinged_us: u64,
     },
 }
 

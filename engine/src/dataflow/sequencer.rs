@@ -140,6 +140,9 @@ struct NodeView {
     down: bool,
     incarnation: u32,
     last_pong_us: u64,
+    /// A slowly decaying maximum of heartbeat round trips: a worker busy with a
+    /// long stage call answers late without being dead.
+    rtt_us: u64,
 }
 
 /// A reservation on (node, stage) of some bytes.
@@ -549,25 +552,42 @@ impl SequencerState {
                         history: Vec::new(),
                         from_node: CLIENT,
                         sent_us: now,
-                        payload: Payload::Ping { node: n },
+                        payload: Payload::Ping {
+                            node: n,
+                            sent_us: now,
+                        },
                     }),
                 ));
             }
         }
         for n in 0..self.nodes.len() {
             let v = self.nodes[n];
-            if !v.down && now.saturating_sub(v.last_pong_us) > self.config.suspect_after_us {
+            // Silence is suspicious only when it is long next to the round trips seen lately
+            // (an adaptive timeout, as phi-accrual detectors do).
+            let limit = self.config.suspect_after_us.max(4 * v.rtt_us);
+            if !v.down && now.saturating_sub(v.last_pong_us) > limit {
                 self.nodes[n].down = true;
                 self.node_failed(n as u32, cap, emit);
             }
         }
     }
 
-    fn pong(&mut self, node: u32, incarnation: u32, cap: &Capability<u64>, emit: &mut Emit) {
+    fn pong(
+        &mut self,
+        node: u32,
+        incarnation: u32,
+        pinged_us: u64,
+        cap: &Capability<u64>,
+        emit: &mut Emit,
+    ) {
         let Some(v) = self.nodes.get(node as usize).copied() else {
             return;
         };
-        self.nodes[node as usize].last_pong_us = now_us();
+        let now = now_us();
+        let rtt = now.saturating_sub(pinged_us);
+        let view = &mut self.nodes[node as usize];
+        view.rtt_us = rtt.max(view.rtt_us - view.rtt_us / 32);
+        view.last_pong_us = now;
         self.nodes[node as usize].down = false;
         if incarnation != v.incarnation {
             self.nodes[node as usize].incarnation = incarnation;
@@ -826,9 +846,11 @@ pub fn sequencer_operator<'s>(
                     }
                     for msg in data.drain(..) {
                         match msg.payload {
-                            Payload::Pong { node, incarnation } => {
-                                state.pong(node, incarnation, &cap, &mut emit)
-                            }
+                            Payload::Pong {
+                                node,
+                                incarnation,
+                                pinged_us,
+                            } => state.pong(node, incarnation, pinged_us, &cap, &mut emit),
                             _ => state.feedback(msg, &cap, &mut emit),
                         }
                     }

@@ -151,10 +151,14 @@ pub fn stage_operator<'s>(
                     match msg.payload {
                         // A dead node drops what reaches it, as on a real network.
                         Payload::Ping { .. } | Payload::Pong { .. } if down => {}
-                        Payload::Ping { node: target } => {
+                        Payload::Ping {
+                            node: target,
+                            sent_us,
+                        } => {
                             msg.payload = Payload::Pong {
                                 node: target,
                                 incarnation: faults.incarnation(target, now),
+                                pinged_us: sent_us,
                             };
                             msg.from_node = node;
                             msg.sent_us = now;
