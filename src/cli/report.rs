@@ -24,8 +24,9 @@ pub fn print_summary(outcome: &RunOutcome) {
     );
     if m.failures_detected > 0 || m.restarts > 0 {
         println!(
-            "failures detected: {}; sequences restarted: {}; tokens recomputed: {} ({:.1}% of generated)\n",
+            "failures detected: {}; stage replicas re-planned: {}; sequences restarted: {}; tokens recomputed: {} ({:.1}% of generated)\n",
             m.failures_detected,
+            m.replans,
             m.restarts,
             m.recomputed_tokens,
             100.0 * m.recomputed_tokens as f64 / m.tokens.max(1) as f64

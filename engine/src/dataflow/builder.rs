@@ -47,9 +47,10 @@ use tokenflow_planner::{Cluster, Plan, PlanOptions};
 use super::clock::now_us;
 use super::error::EngineError;
 use super::faults::{FailureSchedule, FaultClock};
-use super::kernel::StageKernel;
+use super::kernel::{KernelLoader, StageKernel};
 use super::message::StepMsg;
 use super::metrics::EngineMetrics;
+use super::placement::stage_weight_bytes;
 use super::placement::{Placement, PlacementOptions};
 use super::sampler_op::sampler_operator;
 use super::sequencer::{EngineEvent, SequencerConfig, Submission, sequencer_operator};
@@ -224,14 +225,12 @@ impl InferenceDataflow {
     }
 
     fn router(&self) -> Box<dyn Router> {
-        let plan = &self.placement.plan;
-        match self.options.router {
-            RouterKind::MinLatency => {
-                Box::new(MinLatency::new(plan, &self.placement.cluster, &self.cost))
-            }
-            RouterKind::RoundRobin => Box::new(InterleavedWrr::new(plan)),
-            RouterKind::LeastLoaded => Box::new(LeastLoaded::new(plan)),
-        }
+        make_router(
+            self.options.router,
+            &self.placement.plan,
+            &self.placement.cluster,
+            &self.cost,
+        )
     }
 
     /// Builds the loop in `requests`' scope: sequencer → embed → block stages →
@@ -290,7 +289,44 @@ impl InferenceDataflow {
             heartbeat_us: self.options.heartbeat.as_micros() as u64,
             suspect_after_us: self.options.suspect_after.as_micros() as u64,
             stall_timeout_us: self.options.stall_timeout.as_micros() as u64,
+            make_router: {
+                let (kind, cluster, cost) = (
+                    self.options.router,
+                    placement.cluster.clone(),
+                    self.cost.clone(),
+                );
+                Box::new(move |plan: &Plan| make_router(kind, plan, &cluster, &cost))
+            },
+            stage_weight_bytes: (0..stages)
+                .map(|s| {
+                    stage_weight_bytes(
+                        &self.model.config,
+                        &placement.stage_layers[s],
+                        s == 0,
+                        s == stages - 1,
+                    )
+                })
+                .collect(),
+            load_bps: placement
+                .nodes
+                .iter()
+                .map(|n| {
+                    if self.options.placement.emulate_links {
+                        placement
+                            .cluster
+                            .node(&n.id)
+                            .and_then(|c| c.downlink_bps)
+                            .unwrap_or(DEFAULT_LOAD_BPS)
+                    } else {
+                        f64::INFINITY
+                    }
+                })
+                .collect(),
         };
+        let loader = Arc::new(KernelLoader {
+            model: Arc::clone(&self.model),
+            stage_layers: placement.stage_layers.clone(),
+        });
         let ids: Vec<String> = placement.nodes.iter().map(|n| n.id.clone()).collect();
         let faults = Arc::new(FaultClock::new(
             &self.options.failures,
@@ -315,6 +351,7 @@ impl InferenceDataflow {
             hidden,
             Rc::clone(&metrics),
             Arc::clone(&faults),
+            Arc::clone(&loader),
         );
         for (s, kernels) in blocks.into_iter().enumerate() {
             x = stage_operator(
@@ -326,6 +363,7 @@ impl InferenceDataflow {
                 hidden,
                 Rc::clone(&metrics),
                 Arc::clone(&faults),
+                Arc::clone(&loader),
             );
         }
         let x = stage_operator(
@@ -337,8 +375,26 @@ impl InferenceDataflow {
             hidden,
             Rc::clone(&metrics),
             Arc::clone(&faults),
+            Arc::clone(&loader),
         );
         sampler_operator(x).connect_loop(handle);
         Ok(EngineStreams { events, metrics })
+    }
+}
+
+/// Weights download at 1 Gbit/s when the cluster file gives a node no downlink.
+const DEFAULT_LOAD_BPS: f64 = 125e6;
+
+/// The planner's router of `kind` over `plan`.
+fn make_router(
+    kind: RouterKind,
+    plan: &Plan,
+    cluster: &Cluster,
+    cost: &CostModel,
+) -> Box<dyn Router> {
+    match kind {
+        RouterKind::MinLatency => Box::new(MinLatency::new(plan, cluster, cost)),
+        RouterKind::RoundRobin => Box::new(InterleavedWrr::new(plan)),
+        RouterKind::LeastLoaded => Box::new(LeastLoaded::new(plan)),
     }
 }

@@ -7,6 +7,47 @@ use tokenflow_operators::llama::{Blocks, Embed, Head};
 use tokenflow_operators::{SeqChunk, SeqId, StageError};
 
 use super::message::{Payload, StepMsg};
+use super::stage_op::StageRole;
+use std::ops::Range;
+use std::sync::Arc;
+use tokenflow_operators::LlamaModel;
+use tokenflow_operators::device::default_device;
+
+/// Builds a stage's kernel on a node while the engine runs (re-planning).
+pub struct KernelLoader {
+    /// The model file.
+    pub model: Arc<LlamaModel>,
+    /// Layers of each plan stage.
+    pub stage_layers: Vec<Range<usize>>,
+}
+
+impl KernelLoader {
+    /// The kernel `role` needs for plan stage `stage`, with `kv_bytes` of KV room.
+    pub fn load(
+        &self,
+        role: StageRole,
+        stage: usize,
+        kv_bytes: u64,
+    ) -> Result<StageKernel, StageError> {
+        let device = default_device();
+        let mut quiet = |_: &str, _: u64| {};
+        Ok(match role {
+            StageRole::Embed => {
+                StageKernel::Embed(Box::new(self.model.embed(&device, &mut quiet)?))
+            }
+            StageRole::Head => StageKernel::Head(Box::new(self.model.head(&device, &mut quiet)?)),
+            StageRole::Blocks(_) => {
+                let layers =
+                    self.stage_layers.get(stage).cloned().ok_or_else(|| {
+                        StageError::BatchMismatch(format!("no plan stage {stage}"))
+                    })?;
+                StageKernel::Blocks(Box::new(
+                    self.model.blocks(layers, kv_bytes, &device, &mut quiet)?,
+                ))
+            }
+        })
+    }
+}
 
 /// One node's copy of a stage.
 #[derive(Debug)]
@@ -119,6 +160,7 @@ fn mismatch(seq: SeqId, want: &str, got: &Payload) -> StageError {
         Payload::Failed(_) => "a failure",
         Payload::Lost(_) => "a lost sequence",
         Payload::Ping { .. } | Payload::Pong { .. } => "a heartbeat",
+        Payload::Load { .. } => "a load order",
     };
     StageError::BatchMismatch(format!("sequence {seq}: expected {want}, got {got}"))
 }

@@ -26,6 +26,19 @@ pub enum Payload {
     /// A stage no longer holds the sequence's state (its node restarted): the
     /// sequence restarts from its token log.
     Lost(String),
+    /// Load a replica of plan stage `stage` on `node` (a re-plan after the stage
+    /// lost every replica); it comes back to the sequencer, with `error` set when
+    /// loading failed.
+    Load {
+        /// Node index.
+        node: u32,
+        /// Plan stage.
+        stage: u32,
+        /// KV bytes the new replica may use.
+        kv_bytes: u64,
+        /// Why loading failed, if it did.
+        error: Option<String>,
+    },
     /// A heartbeat from the sequencer to a node.
     Ping {
         /// Node index.
@@ -91,7 +104,10 @@ impl StepMsg {
 
     /// Whether it is a heartbeat or its answer (they pass every stage operator untouched).
     pub fn is_heartbeat(&self) -> bool {
-        matches!(self.payload, Payload::Ping { .. } | Payload::Pong { .. })
+        matches!(
+            self.payload,
+            Payload::Ping { .. } | Payload::Pong { .. } | Payload::Load { .. }
+        )
     }
 
     /// Whether it is a decode step (one token, continuing a sequence).

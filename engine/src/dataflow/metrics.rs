@@ -69,6 +69,8 @@ pub struct EngineMetrics {
     pub recomputed_tokens: u64,
     /// Node failures or restarts the sequencer noticed.
     pub failures_detected: u64,
+    /// Stage replicas added by re-planning after a stage lost all its replicas.
+    pub replans: u64,
     /// First submission to last token, in µs (0 when nothing ran).
     pub span_us: u64,
 }
@@ -109,9 +111,11 @@ impl EngineMetrics {
         self.restarts += other.restarts;
         self.recomputed_tokens += other.recomputed_tokens;
         self.failures_detected += other.failures_detected;
+        self.replans += other.replans;
         self.restarts += other.restarts;
         self.recomputed_tokens += other.recomputed_tokens;
         self.failures_detected += other.failures_detected;
+        self.replans += other.replans;
         self.span_us = self.span_us.max(other.span_us);
     }
 

@@ -19,6 +19,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use tokenflow_operators::{SeqId, TextTokenizer};
+use tokenflow_planner::Plan;
 use tokenflow_planner::router::{Router, RouterState};
 
 use super::clock::now_us;
@@ -114,6 +115,21 @@ pub struct SequencerConfig {
     pub suspect_after_us: u64,
     /// A sequence without any path for this long fails (µs).
     pub stall_timeout_us: u64,
+    /// Rebuilds the router after a re-plan adds a replica.
+    pub make_router: Box<dyn Fn(&Plan) -> Box<dyn Router>>,
+    /// Bytes of weights of each plan stage (blocks, plus embedding or head).
+    pub stage_weight_bytes: Vec<u64>,
+    /// Bytes per second at which each node downloads weights (emulated load time).
+    pub load_bps: Vec<f64>,
+}
+
+/// A replica being added to a stage that lost all of its own.
+#[derive(Debug, Clone)]
+struct Repair {
+    node: u32,
+    kv_bytes: u64,
+    /// When the emulated download ends; set once the node has loaded the stage.
+    ready_us: Option<u64>,
 }
 
 struct Sequence {
@@ -168,6 +184,12 @@ struct SequencerState {
     held: Option<Capability<u64>>,
     metrics: Rc<RefCell<EngineMetrics>>,
     first_submitted_us: Option<u64>,
+    /// Live plan: replicas added by re-planning included.
+    plan: Plan,
+    replicas: Vec<Vec<u32>>,
+    repairs: HashMap<usize, Repair>,
+    /// Why a stage could not be re-planned (e.g. memory missing).
+    repair_errors: HashMap<usize, String>,
 }
 
 impl SequencerState {
@@ -187,6 +209,7 @@ impl SequencerState {
             .collect();
         let active = vec![0; placement.nodes.len()];
         let nodes = vec![NodeView::default(); placement.nodes.len()];
+        let (plan_copy, replicas_copy) = (placement.plan.clone(), placement.stage_replicas.clone());
         Self {
             config,
             placement,
@@ -203,6 +226,10 @@ impl SequencerState {
             held: None,
             metrics,
             first_submitted_us: None,
+            plan: plan_copy,
+            replicas: replicas_copy,
+            repairs: HashMap::new(),
+            repair_errors: HashMap::new(),
         }
     }
 
@@ -309,13 +336,14 @@ impl SequencerState {
             Ok(hops) => hops,
             Err(e) => {
                 // No path now; it is an error only when no replica of a stage is alive.
-                let dead_stage = (0..stages).find(|&s| {
-                    self.placement.stage_replicas[s]
-                        .iter()
-                        .all(|&n| self.nodes[n as usize].down)
-                });
-                return match dead_stage {
-                    Some(s) => Err(format!("{e}; every replica of stage {s} is down")),
+                return match self.dead_stage() {
+                    Some(s) => {
+                        let why = self
+                            .repair_errors
+                            .get(&s)
+                            .map_or(String::new(), |r| format!("; re-planning failed: {r}"));
+                        Err(format!("{e}; every replica of stage {s} is down{why}"))
+                    }
                     None => Ok(None),
                 };
             }
@@ -335,6 +363,159 @@ impl SequencerState {
                 && self.kv_free[n as usize][s] >= need[s]
         });
         Ok(usable.then_some((route, need)))
+    }
+
+    /// A stage none of whose replicas is alive.
+    fn dead_stage(&self) -> Option<usize> {
+        (0..self.replicas.len()).find(|&s| {
+            self.replicas[s]
+                .iter()
+                .all(|&n| self.nodes[n as usize].down)
+        })
+    }
+
+    /// Re-plans every stage that lost all its replicas: the live node with the
+    /// most free memory loads it (weights plus room for one full sequence of KV),
+    /// paying the download of its weights over the node's link.
+    fn plan_repairs(&mut self, cap: &Capability<u64>, emit: &mut Emit) {
+        let stages = self.replicas.len();
+        for s in 0..stages {
+            let dead = self.replicas[s]
+                .iter()
+                .all(|&n| self.nodes[n as usize].down);
+            if !dead || self.repairs.contains_key(&s) || self.repair_errors.contains_key(&s) {
+                continue;
+            }
+            let kv_bytes = self.placement.kv_bytes(s, self.config.context_length);
+            let need = self.config.stage_weight_bytes[s] + kv_bytes;
+            // Free memory of a node: the KV room of its stages that no sequence holds.
+            let best = (0..self.placement.nodes.len())
+                .filter(|&n| !self.nodes[n].down && !self.replicas[s].contains(&(n as u32)))
+                .map(|n| (self.kv_free[n].iter().sum::<u64>(), n))
+                .max_by_key(|&(free, n)| (free, std::cmp::Reverse(n)));
+            match best {
+                Some((free, n)) if free >= need => {
+                    // Take the room from the node's stages, largest free first.
+                    let mut left = need;
+                    let mut order: Vec<usize> = (0..stages).collect();
+                    order.sort_by_key(|&k| std::cmp::Reverse(self.kv_free[n][k]));
+                    for k in order {
+                        let take = left.min(self.kv_free[n][k]);
+                        self.kv_free[n][k] -= take;
+                        left -= take;
+                    }
+                    self.repairs.insert(
+                        s,
+                        Repair {
+                            node: n as u32,
+                            kv_bytes,
+                            ready_us: None,
+                        },
+                    );
+                    self.metrics.borrow_mut().replans += 1;
+                    emit.push((
+                        cap.clone(),
+                        Ok(StepMsg {
+                            seq: u64::MAX,
+                            attempt: 0,
+                            route: vec![n as u32; stages],
+                            start: 0,
+                            len: 0,
+                            last_chunk: false,
+                            sampling: tokenflow_operators::SamplingParams::greedy(),
+                            history: Vec::new(),
+                            from_node: CLIENT,
+                            sent_us: now_us(),
+                            payload: Payload::Load {
+                                node: n as u32,
+                                stage: s as u32,
+                                kv_bytes,
+                                error: None,
+                            },
+                        }),
+                    ));
+                }
+                best => {
+                    let (free, who) = best.map_or((0, "none".to_string()), |(f, n)| {
+                        (f, format!("`{}`", self.placement.nodes[n].id))
+                    });
+                    self.repair_errors.insert(
+                        s,
+                        format!(
+                            "stage {s} needs {need} bytes (weights and one sequence of KV); the best live node {who} has {free} free ({:.1} MB missing)",
+                            need.saturating_sub(free) as f64 / 1e6
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A node answered a load order.
+    fn loaded(&mut self, node: u32, stage: usize, error: Option<String>) {
+        let Some(repair) = self.repairs.get_mut(&stage) else {
+            return;
+        };
+        if repair.node != node {
+            return;
+        }
+        match error {
+            Some(e) => {
+                self.repairs.remove(&stage);
+                self.repair_errors
+                    .insert(stage, format!("loading stage {stage} failed: {e}"));
+            }
+            None => {
+                let bps = self
+                    .config
+                    .load_bps
+                    .get(node as usize)
+                    .copied()
+                    .unwrap_or(f64::INFINITY);
+                let seconds = if bps.is_finite() && bps > 0.0 {
+                    self.config.stage_weight_bytes[stage] as f64 / bps
+                } else {
+                    0.0
+                };
+                repair.ready_us = Some(now_us() + (seconds * 1e6) as u64);
+            }
+        }
+    }
+
+    /// Adds replicas whose weights have arrived to the live plan and the router.
+    fn finish_repairs(&mut self) {
+        let now = now_us();
+        let done: Vec<usize> = self
+            .repairs
+            .iter()
+            .filter(|(_, r)| r.ready_us.is_some_and(|t| t <= now))
+            .map(|(&s, _)| s)
+            .collect();
+        for s in done {
+            let r = self.repairs.remove(&s).expect("present");
+            let n = r.node;
+            self.replicas[s].push(n);
+            self.kv_free[n as usize][s] += r.kv_bytes;
+            let id = self.placement.nodes[n as usize].id.clone();
+            let stage = &mut self.plan.stages[s];
+            let k = stage.replicas.len() as f64 + 1.0;
+            for rep in &mut stage.replicas {
+                rep.weight = 1.0 / k;
+            }
+            stage.replicas.push(tokenflow_planner::plan::Replica {
+                node: id,
+                weight: 1.0 / k,
+                next: Vec::new(),
+            });
+            // Routing weights of the neighbours name the old replicas only: clear them so
+            // the routers fall back to every usable replica.
+            for st in &mut self.plan.stages {
+                for rep in &mut st.replicas {
+                    rep.next.clear();
+                }
+            }
+            self.config.router = (self.config.make_router)(&self.plan);
+        }
     }
 
     fn reserve(&mut self, route: &[u32], need: &[u64]) -> Vec<Reservation> {
@@ -731,7 +912,7 @@ impl SequencerState {
             Payload::Lost(_) => {
                 self.restart(id, cap, now_us(), emit);
             }
-            Payload::Ping { .. } | Payload::Pong { .. } => {}
+            Payload::Ping { .. } | Payload::Pong { .. } | Payload::Load { .. } => {}
             _ if seq.released => {}
             Payload::ChunkDone => {
                 let cached = (msg.start + msg.len) as usize;
@@ -851,15 +1032,20 @@ pub fn sequencer_operator<'s>(
                                 incarnation,
                                 pinged_us,
                             } => state.pong(node, incarnation, pinged_us, &cap, &mut emit),
+                            Payload::Load {
+                                node, stage, error, ..
+                            } => state.loaded(node, stage as usize, error),
                             _ => state.feedback(msg, &cap, &mut emit),
                         }
                     }
                 });
-                if let Some(cap) = state.held.clone() {
-                    if state.busy() {
-                        state.heartbeat(&cap, &mut emit);
-                        state.start_stalled(&cap, &mut emit);
-                    }
+                if let Some(cap) = state.held.clone()
+                    && state.busy()
+                {
+                    state.heartbeat(&cap, &mut emit);
+                    state.plan_repairs(&cap, &mut emit);
+                    state.finish_repairs();
+                    state.start_stalled(&cap, &mut emit);
                 }
                 state.start_waiting(&mut emit);
                 for (cap, item) in emit {

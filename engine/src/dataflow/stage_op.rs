@@ -23,7 +23,7 @@ use tokenflow_operators::kv_cache::KvError;
 
 use super::clock::now_us;
 use super::faults::FaultClock;
-use super::kernel::StageKernel;
+use super::kernel::{KernelLoader, StageKernel};
 use super::link::DelayedInbox;
 use super::message::{Payload, StepMsg};
 use super::metrics::EngineMetrics;
@@ -92,7 +92,9 @@ pub fn stage_operator<'s>(
     hidden: usize,
     metrics: Rc<RefCell<EngineMetrics>>,
     faults: Arc<FaultClock>,
+    loader: Arc<KernelLoader>,
 ) -> StreamVec<'s, u64, StepMsg> {
+    let last_stage = placement.num_stages() - 1;
     let route_index = role.route_index(placement.num_stages());
     let route_placement = Arc::clone(&placement);
     let pact = Exchange::new(move |m: &StepMsg| {
@@ -165,6 +167,41 @@ pub fn stage_operator<'s>(
                             output.session(&cap).give(msg);
                         }
                         Payload::Pong { .. } => output.session(&cap).give(msg),
+                        Payload::Load { .. } if down => {}
+                        Payload::Load {
+                            node: target,
+                            stage,
+                            kv_bytes,
+                            ref mut error,
+                        } => {
+                            let stage = stage as usize;
+                            let mine = match role {
+                                StageRole::Embed => stage == 0,
+                                StageRole::Blocks(k) => k == stage,
+                                StageRole::Head => stage == last_stage,
+                            };
+                            if mine && error.is_none() && !nodes.contains_key(&target) {
+                                match loader.load(role, stage, kv_bytes) {
+                                    Ok(kernel) => {
+                                        let slot = &placement.nodes[target as usize];
+                                        nodes.insert(
+                                            target,
+                                            NodeQueue {
+                                                kernel,
+                                                incarnation: faults.incarnation(target, now),
+                                                speed_factor: slot.speed_factor,
+                                                metrics_key: format!("{} {}", slot.id, role.name()),
+                                                ready: VecDeque::new(),
+                                                outbox: Vec::new(),
+                                                release_us: 0,
+                                            },
+                                        );
+                                    }
+                                    Err(e) => *error = Some(e.to_string()),
+                                }
+                            }
+                            output.session(&cap).give(msg);
+                        }
                         // Releases stand for direct messages from the sequencer to each
                         // node of a path: a dead node does not stop them reaching the others.
                         Payload::Release => {
@@ -219,7 +256,8 @@ pub fn stage_operator<'s>(
                             | Payload::ChunkDone
                             | Payload::Sampled(_)
                             | Payload::Ping { .. }
-                            | Payload::Pong { .. } => {
+                            | Payload::Pong { .. }
+                            | Payload::Load { .. } => {
                                 msg.from_node = node;
                                 msg.sent_us = now;
                                 output.session(&cap).give(msg);
