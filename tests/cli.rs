@@ -115,3 +115,63 @@ fn plan_compares_every_strategy() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn run_and_bench_write_latency_files_and_refuse_bad_plans() {
+    let model = tiny_model_path();
+    let dir = std::env::temp_dir().join(format!("tokenflow-cli-bench-{}", std::process::id()));
+    let out = tokenflow(&[
+        "bench",
+        "--model",
+        &model,
+        "--stages",
+        "0..3,3..6",
+        "--requests",
+        "6",
+        "--concurrency",
+        "3",
+        "--prompt-len",
+        "uniform:4:12",
+        "--output-len",
+        "fixed:5",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| ttft | 6 |"), "{stdout}");
+    for file in [
+        "ttft.hgrm",
+        "inter_token.hgrm",
+        "e2e.hgrm",
+        "latency.json",
+        "latency.svg",
+    ] {
+        assert!(dir.join(file).exists(), "{file} missing");
+    }
+    let hgrm = std::fs::read_to_string(dir.join("ttft.hgrm")).unwrap();
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Mean"),
+        "{hgrm}"
+    );
+
+    // A plan that leaves layers 3..6 uncovered is refused before anything runs.
+    let plan = dir.join("bad-plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"strategy":"hand","model":"tiny","num_layers":6,"nodes":["local-0"],
+            "stages":[{"start":0,"end":3,"embed":true,"head":false,
+                       "replicas":[{"node":"local-0","weight":1.0}]}]}"#,
+    )
+    .unwrap();
+    let out = tokenflow(&["run", "--model", &model, "--plan", plan.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("layer 3 is not covered"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Killing a node the plan does not use is refused with its name.
+    let out = tokenflow(&["run", "--model", &model, "--fail", "ghost@1s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+}
