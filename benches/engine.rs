@@ -126,7 +126,9 @@ fn main() {
         e1.push(engine_decode(&model, &one, &cluster));
         e32.push(engine_decode(&model, &many, &cluster));
     }
-    println!("decode tokens/s (prefill excluded), {REPEATS} alternating runs each; median and best");
+    println!(
+        "decode tokens/s (prefill excluded), {REPEATS} alternating runs each; median and best"
+    );
     println!("| measurement | median | best | ratio (median) | ratio (best) | target |");
     println!("|---|---:|---:|---:|---:|---:|");
     let (md, bd) = (median(d1.clone()), best(&d1));

@@ -26,6 +26,8 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Measure a model's profile (sizes, FLOPs, stage times) as JSON for the planner.
     Profile(cli::profile::ProfileArgs),
+    /// Compare placement strategies in the discrete-event simulator, with churn.
+    Simulate(cli::simulate::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => cli::plan::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Simulate(args) => cli::simulate::run(args),
         Command::Cluster(args) => cli::cluster::run(args),
     }
 }

@@ -5,7 +5,8 @@
 //! exists once and is used by both the real engine and the simulator.
 //!
 //! Entry points: [`Cluster::from_path`], [`presets::load_model`], [`plan_with`],
-//! [`evaluate()`], [`compare_all`] and the [`strategy`] registry.
+//! [`evaluate()`], [`compare_all`] and the [`strategy`] registry; the [`sim`]ulator
+//! ([`simulate_plan`], [`Simulator`]) runs plans against requests and churn.
 
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod plot;
 pub mod presets;
 pub mod profile;
 pub mod router;
+pub mod sim;
 pub mod strategy;
 
 pub use cluster::Cluster;
@@ -35,6 +37,7 @@ pub use latency::{LatencyHistogram, LatencyReport, LatencySummary};
 pub use options::PlanOptions;
 pub use plan::Plan;
 pub use profile::ModelProfile;
+pub use sim::{Scenario, SimCluster, SimComparison, SimConfig, SimError, Simulator, simulate_plan};
 
 /// Plans with the strategy called `strategy_name` (see [`strategy::names`]).
 pub fn plan_with(

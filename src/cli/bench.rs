@@ -13,7 +13,9 @@ use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
 
 use super::engine_args::EngineArgs;
+use super::fidelity;
 use super::report::{print_summary, write_comparison, write_outputs};
+use tokenflow_engine::dataflow::Placement;
 
 /// A distribution of lengths: `fixed:N` or `uniform:A:B` (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,10 @@ pub struct BenchArgs {
     /// Name of this run in the plot's legend.
     #[arg(long, default_value = "tokenflow")]
     pub label: String,
+    /// Also simulate the same cluster, plan and requests, and compare the
+    /// simulator's TTFT and inter-token percentiles with the engine's (needs `--arrival poisson`).
+    #[arg(long)]
+    pub compare_sim: bool,
 }
 
 /// Runs `tokenflow bench`.
@@ -115,6 +121,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|_| ordinary[rng.random_range(0..ordinary.len())])
             .collect();
         requests.push(Request::greedy(i as u64, prompt, o));
+    }
+    if args.compare_sim && args.arrival != "poisson" {
+        bail!("--compare-sim needs --arrival poisson (the simulator replays arrival times)");
     }
     let arrivals = match args.arrival.as_str() {
         "closed" => {
@@ -158,6 +167,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => b.inc(1),
     });
     let with_failures = !setup.options.failures.is_empty();
+    let fidelity_inputs = args.compare_sim.then(|| {
+        (
+            setup.cluster.clone(),
+            setup.plan.clone(),
+            setup.options.clone(),
+            requests.clone(),
+            match &arrivals {
+                Arrivals::At(offsets) => offsets.clone(),
+                _ => Vec::new(),
+            },
+        )
+    });
+    let peers = setup.communication.peers();
     let spec = RunSpec {
         model_path: setup.model_path.clone(),
         plan: setup.plan,
@@ -223,6 +245,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             print_summary(&outcome);
             write_outputs(&outcome, &args.out, &args.label)?;
         }
+    }
+    if let Some((cluster, plan, options, requests, offsets)) = fidelity_inputs {
+        let placement = Placement::new(
+            &plan,
+            &cluster,
+            &setup.model.config,
+            peers,
+            &options.placement,
+        )?;
+        let rows = fidelity::compare(
+            &setup.model,
+            &cluster,
+            &plan,
+            &options,
+            &placement,
+            &requests,
+            &offsets,
+            &outcome,
+        )?;
+        fidelity::report(&rows, &args.out)?;
     }
     Ok(())
 }

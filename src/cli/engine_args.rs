@@ -78,8 +78,9 @@ pub struct EngineArgs {
     /// Heartbeat period in ms.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Detection delay in ms: a node silent this long is declared down.
-    #[arg(long, default_value_t = 1000)]
+    /// Detection delay in ms: a node silent this long is declared down (and at
+    /// least four times its recent heartbeat round trip).
+    #[arg(long, default_value_t = 2000)]
     pub suspect_ms: u64,
 }
 

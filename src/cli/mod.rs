@@ -3,9 +3,11 @@
 pub mod bench;
 pub mod cluster;
 pub mod engine_args;
+pub mod fidelity;
 pub mod generate;
 pub mod load;
 pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod simulate;

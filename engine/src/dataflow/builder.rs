@@ -54,7 +54,7 @@ use super::placement::stage_weight_bytes;
 use super::placement::{Placement, PlacementOptions};
 use super::sampler_op::sampler_operator;
 use super::sequencer::{EngineEvent, SequencerConfig, Submission, sequencer_operator};
-use super::stage_op::{BatchLimits, StageRole, stage_operator};
+use super::stage_op::{BatchLimits, StageContext, StageRole, stage_operator};
 
 /// Which router picks new sequences' paths (the planner's routers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,7 +126,7 @@ impl Default for EngineOptions {
             failures: FailureSchedule::default(),
             failures_start_us: None,
             heartbeat: Duration::from_millis(50),
-            suspect_after: Duration::from_millis(1000),
+            suspect_after: Duration::from_millis(2000),
             stall_timeout: Duration::from_secs(30),
             token_log: None,
             resumed: BTreeMap::new(),
@@ -342,41 +342,19 @@ impl InferenceDataflow {
             Rc::clone(&metrics),
         );
         let (steps, events) = out.ok_err::<Vec<StepMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
-        let mut x = stage_operator(
-            steps,
-            StageRole::Embed,
-            embed,
-            Arc::clone(placement),
+        let context = StageContext {
+            placement: Arc::clone(placement),
             limits,
             hidden,
-            Rc::clone(&metrics),
-            Arc::clone(&faults),
-            Arc::clone(&loader),
-        );
+            metrics: Rc::clone(&metrics),
+            faults,
+            loader,
+        };
+        let mut x = stage_operator(steps, StageRole::Embed, embed, context.clone());
         for (s, kernels) in blocks.into_iter().enumerate() {
-            x = stage_operator(
-                x,
-                StageRole::Blocks(s),
-                kernels,
-                Arc::clone(placement),
-                limits,
-                hidden,
-                Rc::clone(&metrics),
-                Arc::clone(&faults),
-                Arc::clone(&loader),
-            );
+            x = stage_operator(x, StageRole::Blocks(s), kernels, context.clone());
         }
-        let x = stage_operator(
-            x,
-            StageRole::Head,
-            head,
-            Arc::clone(placement),
-            limits,
-            hidden,
-            Rc::clone(&metrics),
-            Arc::clone(&faults),
-            Arc::clone(&loader),
-        );
+        let x = stage_operator(x, StageRole::Head, head, context);
         sampler_operator(x).connect_loop(handle);
         Ok(EngineStreams { events, metrics })
     }

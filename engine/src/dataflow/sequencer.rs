@@ -95,6 +95,12 @@ pub enum EngineEvent {
     },
 }
 
+/// Builds a router over a plan (the live plan changes when a stage is re-planned).
+pub type RouterFactory = Box<dyn Fn(&Plan) -> Box<dyn Router>>;
+
+/// A route (node per stage) and the KV bytes it needs per stage.
+type RouteFound = Option<(Vec<u32>, Vec<u64>)>;
+
 /// How the sequencer schedules.
 pub struct SequencerConfig {
     /// Longest prefill chunk.
@@ -116,7 +122,7 @@ pub struct SequencerConfig {
     /// A sequence without any path for this long fails (µs).
     pub stall_timeout_us: u64,
     /// Rebuilds the router after a re-plan adds a replica.
-    pub make_router: Box<dyn Fn(&Plan) -> Box<dyn Router>>,
+    pub make_router: RouterFactory,
     /// Bytes of weights of each plan stage (blocks, plus embedding or head).
     pub stage_weight_bytes: Vec<u64>,
     /// Bytes per second at which each node downloads weights (emulated load time).
@@ -307,7 +313,7 @@ impl SequencerState {
 
     /// A path with KV room for a sequence of `tokens` tokens over live nodes:
     /// `Ok(None)` when every path is full or down for now.
-    fn find_route(&mut self, tokens: usize) -> Result<Option<(Vec<u32>, Vec<u64>)>, String> {
+    fn find_route(&mut self, tokens: usize) -> Result<RouteFound, String> {
         let stages = self.placement.num_stages();
         let need: Vec<u64> = (0..stages)
             .map(|s| self.placement.kv_bytes(s, tokens))

@@ -69,6 +69,23 @@ pub struct BatchLimits {
     pub max_sequences: usize,
 }
 
+/// What every stage operator of a worker shares.
+#[derive(Clone)]
+pub struct StageContext {
+    /// The checked placement.
+    pub placement: Arc<Placement>,
+    /// Limits of one stage call.
+    pub limits: BatchLimits,
+    /// Width of the hidden state.
+    pub hidden: usize,
+    /// This worker's measurements.
+    pub metrics: Rc<RefCell<EngineMetrics>>,
+    /// When nodes fail.
+    pub faults: Arc<FaultClock>,
+    /// Builds kernels for replicas added by re-planning.
+    pub loader: Arc<KernelLoader>,
+}
+
 struct NodeQueue {
     kernel: StageKernel,
     incarnation: u32,
@@ -87,13 +104,16 @@ pub fn stage_operator<'s>(
     steps: StreamVec<'s, u64, StepMsg>,
     role: StageRole,
     kernels: BTreeMap<u32, StageKernel>,
-    placement: Arc<Placement>,
-    limits: BatchLimits,
-    hidden: usize,
-    metrics: Rc<RefCell<EngineMetrics>>,
-    faults: Arc<FaultClock>,
-    loader: Arc<KernelLoader>,
+    context: StageContext,
 ) -> StreamVec<'s, u64, StepMsg> {
+    let StageContext {
+        placement,
+        limits,
+        hidden,
+        metrics,
+        faults,
+        loader,
+    } = context;
     let last_stage = placement.num_stages() - 1;
     let route_index = role.route_index(placement.num_stages());
     let route_placement = Arc::clone(&placement);

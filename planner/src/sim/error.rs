@@ -1,0 +1,108 @@
+//! Typed errors of the simulator: bad specs, bad trace files, planning failures
+//! and output failures.
+
+use thiserror::Error;
+
+use crate::error::PlanError;
+use crate::latency::LatencyError;
+
+/// Everything that can go wrong while setting up, running or writing a simulation.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// A spec string (`--load`, `--churn`, `--slo`, `--replan`, a length
+    /// distribution) that does not parse.
+    #[error("bad {what} spec `{spec}`: {message}")]
+    Spec {
+        /// What the spec describes, e.g. `load` or `churn`.
+        what: String,
+        /// The text given.
+        spec: String,
+        /// What is wrong, and the expected syntax.
+        message: String,
+    },
+    /// A figure outside its allowed range.
+    #[error("{field}: must be {requirement}, got {value}")]
+    InvalidNumber {
+        /// The field, e.g. `load.rate`.
+        field: String,
+        /// What it must be, e.g. `positive`.
+        requirement: String,
+        /// The value given.
+        value: f64,
+    },
+    /// A line of a trace file (arrivals or churn) that is malformed.
+    #[error("{path} line {line}: {message}")]
+    Trace {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file that cannot be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A router name that is not known.
+    #[error("unknown router `{name}` (known: {known})")]
+    UnknownRouter {
+        /// The name given.
+        name: String,
+        /// Comma-separated known names.
+        known: String,
+    },
+    /// A node id (in a churn trace) that the cluster does not have.
+    #[error("{field}: unknown node `{node}`")]
+    UnknownNode {
+        /// Where it was named.
+        field: String,
+        /// The id given.
+        node: String,
+    },
+    /// A workload that produced no request.
+    #[error("the workload produced no request (duration {duration_s} s)")]
+    NoRequests {
+        /// Arrival window in seconds.
+        duration_s: f64,
+    },
+    /// Planning failed (unknown strategy, model that does not fit, invalid plan, ...).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Writing latency histograms or plots failed.
+    #[error(transparent)]
+    Latency(#[from] LatencyError),
+    /// Serialising results failed.
+    #[error("cannot serialise results: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Checks that `value` is finite and > 0.
+pub(crate) fn positive(field: &str, value: f64) -> Result<f64, SimError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(SimError::InvalidNumber {
+            field: field.to_string(),
+            requirement: "positive and finite".into(),
+            value,
+        })
+    }
+}
+
+/// Checks that `value` is finite and >= 0.
+pub(crate) fn non_negative(field: &str, value: f64) -> Result<f64, SimError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(SimError::InvalidNumber {
+            field: field.to_string(),
+            requirement: "non-negative and finite".into(),
+            value,
+        })
+    }
+}

@@ -1,0 +1,362 @@
+//! A discrete-event simulator of the tokenflow system: requests arriving at a
+//! cluster of heterogeneous, volatile GPUs served by a [`Plan`], with the
+//! planner's own strategies, routers and cost model (nothing is copied).
+//!
+//! * [`simulate_plan`]: one given plan, router and request list, no churn —
+//!   the call to compare against the real engine; it returns a
+//!   [`LatencyReport`](crate::latency::LatencyReport) with the engine's metric names (`ttft`, `inter_token`,
+//!   `e2e`, `queue`).
+//! * [`Simulator`]: a [`Scenario`] (workload, churn, duration, seed, knobs) on
+//!   a [`SimCluster`], run per strategy ([`Simulator::run`]) or for many
+//!   ([`Simulator::compare`] → [`SimComparison`], with Markdown, CSV, JSON,
+//!   `.hgrm` files and SVG plots).
+//!
+//! Runs are deterministic: events are ordered by (integer nanosecond time,
+//! insertion number), every random draw comes from a seeded ChaCha stream per
+//! purpose (and per node for churn), no hash-map order reaches the results, and
+//! all strategies see the same requests and the same churn. Strategies with
+//! wall-clock limits (`max-flow`'s MILP, `odp`, `local-search`) can return
+//! different plans on a slower or busier machine when they hit their limit; the
+//! simulation of a given plan is always the same.
+//!
+//! See [`engine`] for the model's semantics, [`workload`] and [`churn`] for the
+//! spec syntaxes, and [`spec::RouteCache`] for how 10,000-node plans are routed.
+
+pub mod churn;
+pub mod engine;
+pub mod error;
+pub mod random;
+pub mod replan;
+pub mod report;
+pub mod spec;
+pub mod synthetic;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+
+pub use churn::{ChurnEvent, ChurnSpec};
+pub use engine::{Progress, RequestOutcome, SimOutcome, SimStats, Timeline};
+pub use error::SimError;
+pub use report::{SimComparison, StrategyResult};
+pub use spec::{ReplanPolicy, RouteCache, RouterChoice, SimConfig, Slo};
+pub use workload::{Arrivals, Lengths, SimRequest, WorkloadSpec};
+
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::error::PlanError;
+use crate::gpu_catalog::GpuCatalog;
+use crate::options::PlanOptions;
+use crate::plan::Plan;
+use crate::profile::ModelProfile;
+use engine::{RunInputs, Sim};
+
+/// Simulates `plan` on `cluster` for `model` serving `requests` (arrival
+/// times and lengths, sorted by arrival), without churn and without
+/// re-planning, with the router and scheduling knobs of `config`.
+///
+/// The outcome's [`SimOutcome::latency`] holds `ttft`, `inter_token`, `e2e`
+/// and `queue` as the engine records them (arrival to first token, between
+/// tokens, arrival to last token, arrival to admission), in microseconds.
+/// Runs until every request completes (or is rejected) unless
+/// `config.drain_s` bounds it.
+pub fn simulate_plan(
+    cluster: &Cluster,
+    model: &ModelProfile,
+    options: &PlanOptions,
+    plan: &Plan,
+    config: &SimConfig,
+    requests: &[SimRequest],
+) -> Result<SimOutcome, SimError> {
+    check_requests(requests)?;
+    crate::presets::check_model(model)?;
+    let duration_s = requests.last().map_or(0.0, |r| r.arrival_s).max(1e-3);
+    let inputs = RunInputs {
+        cluster,
+        spec: None,
+        model,
+        options,
+        config,
+        requests,
+        churn: &[],
+        strategy: None,
+        duration_s,
+        bound_tok_s: None,
+    };
+    Ok(Sim::new(inputs, plan.clone())?.run(&mut |_| {}))
+}
+
+fn check_requests(requests: &[SimRequest]) -> Result<(), SimError> {
+    let mut last = 0.0;
+    for (k, r) in requests.iter().enumerate() {
+        let field = format!("requests[{k}]");
+        if !(r.arrival_s.is_finite() && r.arrival_s >= last) {
+            return Err(SimError::InvalidNumber {
+                field: format!("{field}.arrival_s"),
+                requirement: format!("finite and at least the previous arrival ({last})"),
+                value: r.arrival_s,
+            });
+        }
+        last = r.arrival_s;
+        if r.prompt_tokens == 0 || r.output_tokens == 0 {
+            return Err(SimError::InvalidNumber {
+                field: format!("{field}.prompt_tokens/output_tokens"),
+                requirement: "at least 1".into(),
+                value: 0.0,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A cluster and, when it came from a file or a generator, its spec (which
+/// makes re-planning over a subset of its nodes cheap and exact).
+#[derive(Debug, Clone)]
+pub struct SimCluster {
+    /// The resolved cluster.
+    pub cluster: Cluster,
+    /// The spec it was resolved from.
+    pub spec: Option<ClusterSpec>,
+    /// The folder that trace paths in the spec are relative to.
+    pub base: Option<PathBuf>,
+}
+
+impl SimCluster {
+    /// Reads a cluster file (TOML or JSON), keeping its spec.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<SimCluster, SimError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SimError::Plan(PlanError::Io {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        })?;
+        let spec = ClusterSpec::parse(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf);
+        let cluster = spec.resolve(base.as_deref(), &GpuCatalog::builtin())?;
+        Ok(SimCluster {
+            cluster,
+            spec: Some(spec),
+            base,
+        })
+    }
+
+    /// Resolves `spec` (trace paths relative to `base`).
+    pub fn from_spec(spec: ClusterSpec, base: Option<PathBuf>) -> Result<SimCluster, SimError> {
+        let cluster = spec.resolve(base.as_deref(), &GpuCatalog::builtin())?;
+        Ok(SimCluster {
+            cluster,
+            spec: Some(spec),
+            base,
+        })
+    }
+
+    /// A resolved cluster without its spec (re-planning writes its links out pair by pair).
+    pub fn from_cluster(cluster: Cluster) -> SimCluster {
+        SimCluster {
+            cluster,
+            spec: None,
+            base: None,
+        }
+    }
+}
+
+/// What to simulate: load, churn, time, seed and knobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Requests.
+    pub workload: WorkloadSpec,
+    /// Node failures and returns.
+    pub churn: ChurnSpec,
+    /// Arrival window, seconds.
+    pub duration_s: f64,
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Scheduling, routing, re-planning, SLO.
+    pub config: SimConfig,
+    /// Planning options (and the cost model's knobs).
+    pub options: PlanOptions,
+}
+
+/// A scenario on a cluster and model, with its requests and churn drawn once
+/// and shared by every strategy it runs.
+pub struct Simulator<'a> {
+    cluster: &'a SimCluster,
+    model: &'a ModelProfile,
+    scenario: &'a Scenario,
+    requests: Vec<SimRequest>,
+    churn: Vec<ChurnEvent>,
+}
+
+/// The result of one strategy: its plan and what the run measured.
+#[derive(Debug, Clone)]
+pub struct StrategyRun {
+    /// The plan at the start.
+    pub plan: Plan,
+    /// The run.
+    pub outcome: SimOutcome,
+}
+
+impl<'a> Simulator<'a> {
+    /// Draws the requests and the churn of `scenario`.
+    pub fn new(
+        cluster: &'a SimCluster,
+        model: &'a ModelProfile,
+        scenario: &'a Scenario,
+    ) -> Result<Simulator<'a>, SimError> {
+        crate::presets::check_model(model)?;
+        scenario.config.check()?;
+        error::positive("duration", scenario.duration_s)?;
+        let requests = scenario
+            .workload
+            .generate(scenario.duration_s, scenario.seed)?;
+        let horizon =
+            scenario.duration_s + scenario.config.drain_s.unwrap_or(3.0 * scenario.duration_s);
+        let churn = scenario
+            .churn
+            .timeline(&cluster.cluster, horizon, scenario.seed)?;
+        Ok(Simulator {
+            cluster,
+            model,
+            scenario,
+            requests,
+            churn,
+        })
+    }
+
+    /// The requests every strategy serves.
+    pub fn requests(&self) -> &[SimRequest] {
+        &self.requests
+    }
+
+    /// The failures and returns every strategy sees.
+    pub fn churn(&self) -> &[ChurnEvent] {
+        &self.churn
+    }
+
+    /// Plans with `strategy` and simulates the scenario; re-plans use it too.
+    pub fn run(
+        &self,
+        strategy: &str,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<StrategyRun, SimError> {
+        let plan = crate::plan_with(
+            strategy,
+            &self.cluster.cluster,
+            self.model,
+            &self.scenario.options,
+        )?;
+        self.run_plan(strategy, plan, None, progress)
+    }
+
+    /// Simulates the scenario from `plan` (checked against the cluster);
+    /// re-plans use `strategy`. `bound_tok_s`: the plan's max-flow bound when
+    /// already known (computed otherwise; on 10,000 nodes that takes seconds).
+    pub fn run_plan(
+        &self,
+        strategy: &str,
+        plan: Plan,
+        bound_tok_s: Option<f64>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<StrategyRun, SimError> {
+        crate::strategy::by_name(strategy)?;
+        let inputs = RunInputs {
+            cluster: &self.cluster.cluster,
+            spec: self
+                .cluster
+                .spec
+                .as_ref()
+                .map(|s| (s, self.cluster.base.as_deref())),
+            model: self.model,
+            options: &self.scenario.options,
+            config: &self.scenario.config,
+            requests: &self.requests,
+            churn: &self.churn,
+            strategy: Some(strategy),
+            duration_s: self.scenario.duration_s,
+            bound_tok_s,
+        };
+        let outcome = Sim::new(inputs, plan.clone())?.run(progress);
+        Ok(StrategyRun { plan, outcome })
+    }
+
+    /// Runs every strategy of `strategies` in order; a strategy that cannot
+    /// plan gets a row with its error. `progress` gets the strategy's name.
+    pub fn compare(
+        &self,
+        strategies: &[String],
+        progress: &mut dyn FnMut(&str, &Progress),
+    ) -> SimComparison {
+        let rows = strategies
+            .iter()
+            .map(|s| {
+                let run = self.run(s, &mut |p| progress(s, p));
+                StrategyResult::new(s, run)
+            })
+            .collect();
+        SimComparison {
+            cluster: self.cluster.cluster.name.clone(),
+            model: self.model.name.clone(),
+            load: load_label(&self.scenario.workload),
+            churn: self.scenario.churn.label(),
+            router: self.scenario.config.router.name().to_string(),
+            replan: self.scenario.config.replan.to_string(),
+            duration_s: self.scenario.duration_s,
+            seed: self.scenario.seed,
+            slo: self.scenario.config.slo,
+            requests: self.requests.len() as u64,
+            failures: self.churn.iter().filter(|e| !e.up).count() as u64,
+            rows,
+        }
+    }
+}
+
+/// Strategy names from `all` or a comma-separated list, each checked.
+pub fn strategy_list(spec: &str) -> Result<Vec<String>, SimError> {
+    if spec.trim() == "all" {
+        return Ok(crate::strategy::names()
+            .into_iter()
+            .map(String::from)
+            .collect());
+    }
+    let mut out = Vec::new();
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        crate::strategy::by_name(name)?;
+        out.push(name.to_string());
+    }
+    if out.is_empty() {
+        return Err(SimError::Spec {
+            what: "strategies".into(),
+            spec: spec.into(),
+            message: "no strategy named; use all or a comma-separated list".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn load_label(w: &WorkloadSpec) -> String {
+    let len = |l: &Lengths| match *l {
+        Lengths::Fixed(n) => n.to_string(),
+        Lengths::Uniform { min, max } => format!("uniform:{min}:{max}"),
+        Lengths::LogNormal { median, sigma, max } => format!("lognormal:{median}:{sigma}:{max}"),
+    };
+    let lengths = format!("prompt={},output={}", len(&w.prompt), len(&w.output));
+    let cap = w
+        .max_requests
+        .map(|n| format!(",requests={n}"))
+        .unwrap_or_default();
+    match &w.arrivals {
+        Arrivals::Poisson { rate } => format!("poisson:rate={rate},{lengths}{cap}"),
+        Arrivals::Gamma { rate, cv } => format!("gamma:rate={rate},cv={cv},{lengths}{cap}"),
+        Arrivals::Trace { path } => format!("trace:{}", path.display()),
+    }
+}
+
+/// Every metric name a simulation records, in order (the engine's names).
+pub fn metric_names() -> [&'static str; 4] {
+    use crate::latency::metric;
+    [
+        metric::TTFT,
+        metric::INTER_TOKEN,
+        metric::E2E,
+        metric::QUEUE,
+    ]
+}

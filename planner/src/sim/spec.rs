@@ -1,0 +1,386 @@
+//! Simulation settings: the engine-like scheduling knobs, the router, the
+//! re-planning policy, the SLO, and the small spec syntaxes shared by the
+//! command line (`key=value` lists, durations with units).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{SimError, non_negative, positive};
+
+/// `key=value,key=value` pairs of a spec, consumed key by key.
+pub(crate) struct KeyValues {
+    what: String,
+    spec: String,
+    pairs: Vec<(String, String)>,
+}
+
+impl KeyValues {
+    /// Splits `rest` (a part of `spec`) into pairs.
+    pub(crate) fn parse(what: &str, spec: &str, rest: &str) -> Result<KeyValues, SimError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(SimError::Spec {
+                    what: what.into(),
+                    spec: spec.into(),
+                    message: format!("`{part}` is not key=value"),
+                });
+            };
+            let k = k.trim().to_string();
+            if pairs.iter().any(|(x, _)| *x == k) {
+                return Err(SimError::Spec {
+                    what: what.into(),
+                    spec: spec.into(),
+                    message: format!("`{k}` is given twice"),
+                });
+            }
+            pairs.push((k, v.trim().to_string()));
+        }
+        Ok(KeyValues {
+            what: what.into(),
+            spec: spec.into(),
+            pairs,
+        })
+    }
+
+    /// Removes and returns the value of `key`.
+    pub(crate) fn take(&mut self, key: &str) -> Option<String> {
+        let i = self.pairs.iter().position(|(k, _)| k == key)?;
+        Some(self.pairs.remove(i).1)
+    }
+
+    /// Removes `key` and parses it as a number.
+    pub(crate) fn float(&mut self, key: &str) -> Result<Option<f64>, SimError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<f64>().map(Some).map_err(|e| SimError::Spec {
+                what: self.what.clone(),
+                spec: self.spec.clone(),
+                message: format!("{key}=`{v}`: {e}"),
+            }),
+        }
+    }
+
+    /// Removes `key` and parses it as a duration (see [`duration`]).
+    pub(crate) fn duration(&mut self, key: &str) -> Result<Option<f64>, SimError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => duration(&format!("{}.{key}", self.what), &v).map(Some),
+        }
+    }
+
+    /// Fails if a key was not consumed.
+    pub(crate) fn finish(self) -> Result<(), SimError> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(SimError::Spec {
+                what: self.what,
+                spec: self.spec,
+                message: format!("unknown key `{k}`"),
+            }),
+        }
+    }
+}
+
+/// Parses a duration: a number with an optional unit `ms`, `s`, `m` or `h`
+/// (seconds without one). Must be finite and non-negative.
+pub fn duration(what: &str, text: &str) -> Result<f64, SimError> {
+    let t = text.trim();
+    let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
+        (v, 1e-3)
+    } else if let Some(v) = t.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = t.strip_suffix('m') {
+        (v, 60.0)
+    } else if let Some(v) = t.strip_suffix('h') {
+        (v, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|e| SimError::Spec {
+        what: what.into(),
+        spec: text.into(),
+        message: format!("not a duration ({e}); expected e.g. 30, 30s, 250ms, 5m or 2h"),
+    })?;
+    non_negative(what, v * scale)
+}
+
+/// Which of the planner's routers picks paths for new and restarted sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterChoice {
+    /// [`crate::router::MinLatency`] (the engine's default).
+    #[default]
+    MinLatency,
+    /// [`crate::router::InterleavedWrr`] (Helix).
+    InterleavedWrr,
+    /// [`crate::router::LeastLoaded`].
+    LeastLoaded,
+}
+
+impl RouterChoice {
+    /// Parses a router name (`min-latency`, `interleaved-wrr` (also
+    /// `round-robin`, `wrr`), `least-loaded`: the engine's names).
+    pub fn parse(name: &str) -> Result<RouterChoice, SimError> {
+        match name.trim() {
+            "min-latency" => Ok(RouterChoice::MinLatency),
+            "interleaved-wrr" | "round-robin" | "wrr" => Ok(RouterChoice::InterleavedWrr),
+            "least-loaded" => Ok(RouterChoice::LeastLoaded),
+            other => Err(SimError::UnknownRouter {
+                name: other.into(),
+                known: "min-latency, interleaved-wrr (round-robin, wrr), least-loaded".into(),
+            }),
+        }
+    }
+
+    /// The router's own name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouterChoice::MinLatency => "min-latency",
+            RouterChoice::InterleavedWrr => "interleaved-wrr",
+            RouterChoice::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+impl fmt::Display for RouterChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How often the router is asked for a path.
+///
+/// The planner's routers cost O(replicas) (min-latency: O(Σ replicas²)) per
+/// call, which a 10,000-node plan cannot afford per request. With a pool the
+/// simulator asks the router for `size` paths at once (with the down set and
+/// loads of that moment, without KV masks) and hands them out in order,
+/// skipping a path with a node that is not serving or lacks KV room (looking
+/// at most 64 paths ahead, resuming there next time). Paths through a failed
+/// node become usable again when it is back. The pool is refilled after a
+/// re-plan, and when a look-ahead finds nothing, more than half of what it
+/// skipped went through nodes that are not serving, and a quarter of the
+/// plan's nodes have changed state since the last fill. For `interleaved-wrr`
+/// this is the router's own sequence as long as no node is down or full; for
+/// the load-dependent routers it routes on loads as of the last fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteCache {
+    /// A pool (as many paths as the widest stage has replicas, at least 512)
+    /// when the plan has more than 512 replicas, else one call per request.
+    #[default]
+    Auto,
+    /// One router call per admission, with per-request KV masks (the engine's way).
+    Off,
+    /// A pool of this many paths.
+    Pool(usize),
+}
+
+impl RouteCache {
+    /// Parses `auto`, `off` or a pool size.
+    pub fn parse(text: &str) -> Result<RouteCache, SimError> {
+        match text.trim() {
+            "auto" => Ok(RouteCache::Auto),
+            "off" | "0" => Ok(RouteCache::Off),
+            n => n
+                .parse::<usize>()
+                .map(RouteCache::Pool)
+                .map_err(|e| SimError::Spec {
+                    what: "route-cache".into(),
+                    spec: text.into(),
+                    message: format!("{e}; expected auto, off or a pool size"),
+                }),
+        }
+    }
+}
+
+/// When the simulator re-plans, besides a stage losing its last replica
+/// (which always re-plans).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplanPolicy {
+    /// Only when a stage has no live replica left.
+    #[default]
+    StageLoss,
+    /// On every membership change (failure or return).
+    OnChange,
+    /// On a membership change while the live plan's max-flow throughput bound
+    /// is below this fraction of the first plan's (all nodes up): a failure
+    /// that drops it below, and every return while it stays below (Petals'
+    /// rebalancing, which moves servers when throughput would improve enough).
+    Threshold(f64),
+}
+
+impl ReplanPolicy {
+    /// Parses `stage-loss`, `on-change` or `threshold:F` with F in (0, 1].
+    pub fn parse(text: &str) -> Result<ReplanPolicy, SimError> {
+        let t = text.trim();
+        match t {
+            "stage-loss" | "none" => return Ok(ReplanPolicy::StageLoss),
+            "on-change" => return Ok(ReplanPolicy::OnChange),
+            _ => {}
+        }
+        if let Some(f) = t.strip_prefix("threshold:") {
+            let v: f64 = f.trim().parse().map_err(|e| SimError::Spec {
+                what: "replan".into(),
+                spec: text.into(),
+                message: format!("{e}"),
+            })?;
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(SimError::InvalidNumber {
+                    field: "replan.threshold".into(),
+                    requirement: "in (0, 1]".into(),
+                    value: v,
+                });
+            }
+            return Ok(ReplanPolicy::Threshold(v));
+        }
+        Err(SimError::Spec {
+            what: "replan".into(),
+            spec: text.into(),
+            message: "expected stage-loss, on-change or threshold:FRACTION".into(),
+        })
+    }
+}
+
+impl fmt::Display for ReplanPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplanPolicy::StageLoss => f.write_str("stage-loss"),
+            ReplanPolicy::OnChange => f.write_str("on-change"),
+            ReplanPolicy::Threshold(v) => write!(f, "threshold:{v}"),
+        }
+    }
+}
+
+/// A service-level objective: a request meets it when its time to first token
+/// and its mean inter-token latency are both within bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    /// Bound on time to first token, seconds.
+    pub ttft_s: f64,
+    /// Bound on the mean inter-token latency of a request, seconds.
+    pub itl_s: f64,
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Slo {
+            ttft_s: 10.0,
+            itl_s: 1.0,
+        }
+    }
+}
+
+impl Slo {
+    /// Parses `ttft=DURATION,itl=DURATION` (either may be left out: default).
+    pub fn parse(text: &str) -> Result<Slo, SimError> {
+        let mut kv = KeyValues::parse("slo", text, text)?;
+        let mut slo = Slo::default();
+        if let Some(v) = kv.duration("ttft")? {
+            slo.ttft_s = positive("slo.ttft", v)?;
+        }
+        if let Some(v) = kv.duration("itl")? {
+            slo.itl_s = positive("slo.itl", v)?;
+        }
+        kv.finish()?;
+        Ok(slo)
+    }
+}
+
+/// Scheduling knobs (the engine's `EngineOptions`, same names and defaults)
+/// and the simulator's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Most tokens (prefill and decode) in one batch of a node.
+    pub token_budget: usize,
+    /// Longest prefill chunk.
+    pub max_prefill_chunk: usize,
+    /// Most sequences in one batch of a node.
+    pub max_batch_sequences: usize,
+    /// Most sequences running at once (the rest wait in order); `None`: only KV limits.
+    pub max_running: Option<usize>,
+    /// Path selection.
+    pub router: RouterChoice,
+    /// Router call batching for large plans.
+    pub route_cache: RouteCache,
+    /// When to re-plan besides stage loss.
+    pub replan: ReplanPolicy,
+    /// Bandwidth of the source nodes load weights from (a hub or a peer), Gbit/s;
+    /// a node's own downlink cap applies on top.
+    pub weight_source_gbps: f64,
+    /// The SLO for goodput.
+    pub slo: Slo,
+    /// How long to keep running after the last arrival before counting the
+    /// rest as unfinished, seconds (`None`: until every request ends).
+    pub drain_s: Option<f64>,
+    /// Bins of the throughput timeline.
+    pub timeline_bins: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            token_budget: 512,
+            max_prefill_chunk: 256,
+            max_batch_sequences: 64,
+            max_running: None,
+            router: RouterChoice::default(),
+            route_cache: RouteCache::default(),
+            replan: ReplanPolicy::default(),
+            weight_source_gbps: 10.0,
+            slo: Slo::default(),
+            drain_s: None,
+            timeline_bins: 120,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks every knob.
+    pub fn check(&self) -> Result<(), SimError> {
+        for (field, v) in [
+            ("token_budget", self.token_budget),
+            ("max_prefill_chunk", self.max_prefill_chunk),
+            ("max_batch_sequences", self.max_batch_sequences),
+            ("timeline_bins", self.timeline_bins),
+        ] {
+            if v == 0 {
+                return Err(SimError::InvalidNumber {
+                    field: field.into(),
+                    requirement: "positive".into(),
+                    value: 0.0,
+                });
+            }
+        }
+        if self.max_prefill_chunk > self.token_budget {
+            return Err(SimError::InvalidNumber {
+                field: "max_prefill_chunk".into(),
+                requirement: format!("at most token_budget ({})", self.token_budget),
+                value: self.max_prefill_chunk as f64,
+            });
+        }
+        if self.max_running == Some(0) {
+            return Err(SimError::InvalidNumber {
+                field: "max_running".into(),
+                requirement: "positive".into(),
+                value: 0.0,
+            });
+        }
+        if self.route_cache == RouteCache::Pool(0) {
+            return Err(SimError::InvalidNumber {
+                field: "route_cache".into(),
+                requirement: "a positive pool size".into(),
+                value: 0.0,
+            });
+        }
+        positive("weight_source_gbps", self.weight_source_gbps)?;
+        positive("slo.ttft", self.slo.ttft_s)?;
+        positive("slo.itl", self.slo.itl_s)?;
+        if let Some(d) = self.drain_s {
+            non_negative("drain", d)?;
+        }
+        Ok(())
+    }
+}

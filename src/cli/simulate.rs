@@ -1,0 +1,152 @@
+//! `tokenflow simulate`: compare placement strategies in the discrete-event
+//! simulator (the planner's strategies, routers and cost model), with churn.
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use tokenflow_planner::PlanOptions;
+use tokenflow_planner::sim::{
+    ChurnSpec, ReplanPolicy, RouteCache, RouterChoice, Scenario, SimCluster, SimConfig, Simulator,
+    Slo, WorkloadSpec, spec::duration, strategy_list,
+};
+
+/// Arguments of `tokenflow simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Cluster file (TOML or JSON), e.g. `planner/data/scenarios/helix-24.toml`.
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Model: a preset (`LLaMA-30B`, `Llama-2-70B`, `Llama-3-8B`), a profile JSON/TOML
+    /// (measured stage times calibrate the cost model), or a GGUF file.
+    #[arg(long)]
+    pub model: String,
+    /// `all` or a comma-separated list of strategies.
+    #[arg(long, default_value = "all")]
+    pub strategies: String,
+    /// Requests: `poisson:rate=R[,prompt=LEN][,output=LEN][,requests=N]`,
+    /// `gamma:rate=R,cv=C[,...]` (bursty) or `trace:FILE` (CSV arrival_s,prompt_tokens,output_tokens);
+    /// LEN is `N`, `uniform:MIN:MAX` or `lognormal:MEDIAN:SIGMA[:MAX]`.
+    #[arg(long, default_value = "poisson:rate=4")]
+    pub load: String,
+    /// Node churn: `none`, `exp[:scale=X]` (each node's MTBF/MTTR from the cluster file, X times
+    /// faster), `exp:mtbf=DUR,mttr=DUR`, `weibull:shape=K,scale=DUR,down-scale=DUR[,down-shape=K2]`,
+    /// or `trace:FILE` (CSV node,start_s,end_s,state, as the Failure Trace Archive's intervals).
+    #[arg(long, default_value = "none")]
+    pub churn: String,
+    /// Arrival window (`300`, `300s`, `5m`, `1h`).
+    #[arg(long, default_value = "300s")]
+    pub duration: String,
+    /// How long to keep serving after the last arrival before counting the rest as
+    /// unfinished (default: the duration; `inf`: until all finish).
+    #[arg(long)]
+    pub drain: Option<String>,
+    /// Seed of every random draw; the same inputs and seed give byte-identical outputs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Router: min-latency, interleaved-wrr (round-robin), least-loaded.
+    #[arg(long, default_value = "min-latency")]
+    pub router: String,
+    /// Re-planning besides stage loss: `stage-loss`, `on-change` or `threshold:FRACTION`.
+    #[arg(long, default_value = "stage-loss")]
+    pub replan: String,
+    /// SLO for goodput: `ttft=DUR,itl=DUR` (mean inter-token latency of a request).
+    #[arg(long, default_value = "ttft=10s,itl=1s")]
+    pub slo: String,
+    /// Router calls: `auto`, `off` (one per request) or a pool size.
+    #[arg(long, default_value = "auto")]
+    pub route_cache: String,
+    /// Most tokens in one batch of a node.
+    #[arg(long, default_value_t = 512)]
+    pub token_budget: usize,
+    /// Longest prefill chunk.
+    #[arg(long, default_value_t = 256)]
+    pub max_prefill_chunk: usize,
+    /// Most sequences in one batch of a node.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch_sequences: usize,
+    /// Most sequences running at once (default: only KV memory limits).
+    #[arg(long)]
+    pub max_running: Option<usize>,
+    /// Bandwidth of the weight source for nodes loading layers, Gbit/s (capped by their downlink).
+    #[arg(long, default_value_t = 10.0)]
+    pub weight_source_gbps: f64,
+    /// Time limit of the max-flow MILP in seconds.
+    #[arg(long)]
+    pub milp_time_limit: Option<f64>,
+    /// Folder for compare.{md,csv,json}, latency.svg, throughput.svg and `.hgrm` files.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `tokenflow simulate`.
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let cluster = SimCluster::from_path(&args.cluster)
+        .with_context(|| format!("cluster {}", args.cluster.display()))?;
+    let model = super::plan::load_profile(&args.model)?;
+    let strategies = strategy_list(&args.strategies)?;
+    let duration_s = duration("duration", &args.duration)?;
+    let drain_s = match args.drain.as_deref() {
+        None => Some(duration_s),
+        Some("inf") | Some("none") => None,
+        Some(d) => Some(duration("drain", d)?),
+    };
+    let mut options = PlanOptions::default();
+    if let Some(t) = args.milp_time_limit {
+        options.milp_time_limit_s = t;
+    }
+    let config = SimConfig {
+        token_budget: args.token_budget,
+        max_prefill_chunk: args.max_prefill_chunk,
+        max_batch_sequences: args.max_batch_sequences,
+        max_running: args.max_running,
+        router: RouterChoice::parse(&args.router)?,
+        route_cache: RouteCache::parse(&args.route_cache)?,
+        replan: ReplanPolicy::parse(&args.replan)?,
+        weight_source_gbps: args.weight_source_gbps,
+        slo: Slo::parse(&args.slo)?,
+        drain_s,
+        ..SimConfig::default()
+    };
+    let scenario = Scenario {
+        workload: WorkloadSpec::parse(&args.load)?,
+        churn: ChurnSpec::parse(&args.churn)?,
+        duration_s,
+        seed: args.seed,
+        config,
+        options,
+    };
+    let sim = Simulator::new(&cluster, &model, &scenario)?;
+    eprintln!(
+        "{} requests, {} failures drawn; simulating {} strategies",
+        sim.requests().len(),
+        sim.churn().iter().filter(|e| !e.up).count(),
+        strategies.len()
+    );
+    let total = sim.requests().len() as u64;
+    let bar = ProgressBar::new(total * strategies.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let names = strategies.clone();
+    let started = std::time::Instant::now();
+    let comparison = sim.compare(&strategies, &mut |name, p| {
+        let k = names.iter().position(|n| n == name).unwrap_or(0) as u64;
+        bar.set_position(k * total + p.done);
+        bar.set_message(format!("{name} at t = {:.0} s", p.time_s));
+    });
+    bar.finish_and_clear();
+    let events: u64 = comparison.rows.iter().map(|r| r.stats.events).sum();
+    let wall = started.elapsed().as_secs_f64();
+    eprintln!(
+        "planned and simulated in {wall:.1} s: {events} events, {:.2} M events/s",
+        events as f64 / wall.max(1e-9) / 1e6
+    );
+    println!("{}", comparison.to_markdown());
+    if let Some(dir) = &args.out {
+        let written = comparison.write_dir(dir)?;
+        eprintln!("wrote {} files to {}", written.len(), dir.display());
+    }
+    Ok(())
+}
