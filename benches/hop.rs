@@ -34,6 +34,23 @@ fn config(process: usize, hosts: &[String]) -> timely::Config {
     }
 }
 
+/// A decode step's activation for SmolLM2 (576 hidden floats), as the engine sends it.
+fn decode_activation() -> StepMsg {
+    StepMsg {
+        seq: 0,
+        attempt: 0,
+        route: vec![0; 3],
+        start: 10,
+        len: 1,
+        last_chunk: true,
+        sampling: SamplingParams::greedy(),
+        history: Vec::new(),
+        from_node: CLIENT,
+        sent_us: 0,
+        payload: Payload::Hidden(vec![0.5; 576]),
+    }
+}
+
 /// Microseconds per hop of a `u64` (timely's ping-pong).
 fn pingpong(process: usize, hosts: &[String]) -> f64 {
     let guards = timely::execute(config(process, hosts), move |worker| {
@@ -65,19 +82,7 @@ fn activation(process: usize, hosts: &[String]) -> f64 {
         let start = Instant::now();
         worker.dataflow::<u64, _, _>(move |scope| {
             let (helper, cycle) = scope.feedback(1);
-            let first = StepMsg {
-                seq: 0,
-                attempt: 0,
-                route: vec![0; 3],
-                start: 10,
-                len: 1,
-                last_chunk: true,
-                sampling: SamplingParams::greedy(),
-                history: Vec::new(),
-                from_node: CLIENT,
-                sent_us: 0,
-                payload: Payload::Hidden(vec![0.5; 576]),
-            };
+            let first = decode_activation();
             (0..1u64)
                 .filter(move |_| index == 0)
                 .map(move |_| first.clone())
@@ -134,20 +139,7 @@ fn main() {
     let u64_hop = pingpong(0, &hosts);
     let act_hop = activation(0, &hosts2);
     child.wait().unwrap();
-    let bytes = StepMsg {
-        seq: 0,
-        attempt: 0,
-        route: vec![0; 3],
-        start: 10,
-        len: 1,
-        last_chunk: true,
-        sampling: SamplingParams::greedy(),
-        history: Vec::new(),
-        from_node: CLIENT,
-        sent_us: 0,
-        payload: Payload::Hidden(vec![0.5; 576]),
-    }
-    .wire_bytes();
+    let bytes = decode_activation().wire_bytes();
     println!("| message over timely TCP, 2 processes on loopback | bytes | µs per hop |");
     println!("|---|---:|---:|");
     println!("| u64 (timely's ping-pong) | 8 | {u64_hop:.1} |");

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokenflow_engine::Request;
-use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
+use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 
 use super::engine_args::EngineArgs;
 use super::fidelity;
@@ -167,28 +167,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => b.inc(1),
     });
     let with_failures = !setup.options.failures.is_empty();
-    let fidelity_inputs = args.compare_sim.then(|| {
-        (
-            setup.cluster.clone(),
-            setup.plan.clone(),
-            setup.options.clone(),
-            requests.clone(),
-            match &arrivals {
-                Arrivals::At(offsets) => offsets.clone(),
-                _ => Vec::new(),
-            },
-        )
-    });
-    let peers = setup.communication.peers();
-    let spec = RunSpec {
-        model_path: setup.model_path.clone(),
-        plan: setup.plan,
-        cluster: setup.cluster,
-        options: setup.options,
-        communication: setup.communication,
-        requests,
-        arrivals,
-    };
+    let spec = setup.run_spec(requests.clone(), arrivals.clone());
     // With failures injected, first the same load without them: the answers must
     // not change, and the two latency distributions are compared.
     let baseline = if with_failures && spec.communication.is_first() {
@@ -246,22 +225,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             write_outputs(&outcome, &args.out, &args.label)?;
         }
     }
-    if let Some((cluster, plan, options, requests, offsets)) = fidelity_inputs {
+    if let (true, Arrivals::At(offsets)) = (args.compare_sim, &arrivals) {
         let placement = Placement::new(
-            &plan,
-            &cluster,
+            &setup.plan,
+            &setup.cluster,
             &setup.model.config,
-            peers,
-            &options.placement,
+            setup.communication.peers(),
+            &setup.options.placement,
         )?;
         let rows = fidelity::compare(
             &setup.model,
-            &cluster,
-            &plan,
-            &options,
+            &setup.cluster,
+            &setup.plan,
+            &setup.options,
             &placement,
             &requests,
-            &offsets,
+            offsets,
             &outcome,
         )?;
         fidelity::report(&rows, &args.out)?;

@@ -4,8 +4,9 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
+use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
-    Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterKind,
+    Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterKind, RunSpec,
 };
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::llama::parse_splits;
@@ -131,6 +132,21 @@ pub struct EngineSetup {
     pub options: EngineOptions,
     /// Where the workers run.
     pub communication: Communication,
+}
+
+impl EngineSetup {
+    /// A run of `requests` arriving as `arrivals` on this setup.
+    pub fn run_spec(&self, requests: Vec<Request>, arrivals: Arrivals) -> RunSpec {
+        RunSpec {
+            model_path: self.model_path.clone(),
+            plan: self.plan.clone(),
+            cluster: self.cluster.clone(),
+            options: self.options.clone(),
+            communication: self.communication.clone(),
+            requests,
+            arrivals,
+        }
+    }
 }
 
 impl EngineArgs {

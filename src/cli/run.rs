@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::durable_log::LoggedRun;
-use tokenflow_engine::dataflow::{Arrivals, EngineEvent, RunSpec, run as run_engine};
+use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 use tokenflow_operators::SamplingParams;
 use tokenflow_operators::chat::render_user_prompt;
 
@@ -117,15 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let spec = RunSpec {
-        model_path: setup.model_path.clone(),
-        plan: setup.plan,
-        cluster: setup.cluster,
-        options: setup.options,
-        communication: setup.communication,
-        requests,
-        arrivals: Arrivals::Immediate,
-    };
+    let spec = setup.run_spec(requests, Arrivals::Immediate);
     let Some(outcome) = run_engine(spec, Some(observer))? else {
         eprintln!("process finished; results are printed by process 0");
         return Ok(());

@@ -89,6 +89,24 @@ pub struct StepMsg {
 }
 
 impl StepMsg {
+    /// A message from the sequencer that carries no tokens (a release, a
+    /// heartbeat, a load order): `seq` is `u64::MAX` when it is about no sequence.
+    pub fn control(seq: SeqId, attempt: u32, route: Vec<u32>, payload: Payload) -> Self {
+        StepMsg {
+            seq,
+            attempt,
+            route,
+            start: 0,
+            len: 0,
+            last_chunk: false,
+            sampling: SamplingParams::greedy(),
+            history: Vec::new(),
+            from_node: CLIENT,
+            sent_us: super::clock::now_us(),
+            payload,
+        }
+    }
+
     /// The chunk this step covers.
     pub fn chunk(&self) -> SeqChunk {
         SeqChunk::new(self.seq, self.start as usize, self.len as usize)

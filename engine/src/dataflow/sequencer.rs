@@ -421,24 +421,17 @@ impl SequencerState {
                     self.metrics.borrow_mut().replans += 1;
                     emit.push((
                         cap.clone(),
-                        Ok(StepMsg {
-                            seq: u64::MAX,
-                            attempt: 0,
-                            route: vec![n as u32; stages],
-                            start: 0,
-                            len: 0,
-                            last_chunk: false,
-                            sampling: tokenflow_operators::SamplingParams::greedy(),
-                            history: Vec::new(),
-                            from_node: CLIENT,
-                            sent_us: now_us(),
-                            payload: Payload::Load {
+                        Ok(StepMsg::control(
+                            u64::MAX,
+                            0,
+                            vec![n as u32; stages],
+                            Payload::Load {
                                 node: n as u32,
                                 stage: s as u32,
                                 kv_bytes,
                                 error: None,
                             },
-                        }),
+                        )),
                     ));
                 }
                 best => {
@@ -728,22 +721,15 @@ impl SequencerState {
             for n in 0..self.placement.nodes.len() as u32 {
                 emit.push((
                     cap.clone(),
-                    Ok(StepMsg {
-                        seq: u64::MAX,
-                        attempt: 0,
-                        route: vec![n; stages],
-                        start: 0,
-                        len: 0,
-                        last_chunk: false,
-                        sampling: tokenflow_operators::SamplingParams::greedy(),
-                        history: Vec::new(),
-                        from_node: CLIENT,
-                        sent_us: now,
-                        payload: Payload::Ping {
+                    Ok(StepMsg::control(
+                        u64::MAX,
+                        0,
+                        vec![n; stages],
+                        Payload::Ping {
                             node: n,
                             sent_us: now,
                         },
-                    }),
+                    )),
                 ));
             }
         }
@@ -818,19 +804,12 @@ impl SequencerState {
     }
 
     fn release_step(seq: &Sequence) -> StepMsg {
-        StepMsg {
-            seq: seq.request.id,
-            attempt: seq.attempt,
-            route: seq.route.clone(),
-            start: 0,
-            len: 0,
-            last_chunk: false,
-            sampling: seq.request.sampling.clone(),
-            history: Vec::new(),
-            from_node: CLIENT,
-            sent_us: now_us(),
-            payload: Payload::Release,
-        }
+        StepMsg::control(
+            seq.request.id,
+            seq.attempt,
+            seq.route.clone(),
+            Payload::Release,
+        )
     }
 
     fn finish(&mut self, id: SeqId, reason: FinishReason, cap: &Capability<u64>, emit: &mut Emit) {
@@ -962,7 +941,14 @@ impl SequencerState {
                     }
                 }
             }
-            Payload::Failed(reason) => {
+            payload @ (Payload::Failed(_)
+            | Payload::Tokens(_)
+            | Payload::Hidden(_)
+            | Payload::Logits(_)) => {
+                let reason = match payload {
+                    Payload::Failed(reason) => reason,
+                    _ => "a step came back unfinished".into(),
+                };
                 seq.released = true;
                 self.metrics.borrow_mut().failed += 1;
                 emit.push((
@@ -970,21 +956,6 @@ impl SequencerState {
                     Err(EngineEvent::Refused {
                         seq: id,
                         error: RequestError::StageFailed { seq: id, reason },
-                    }),
-                ));
-                emit.push((cap.clone(), Ok(Self::release_step(seq))));
-            }
-            Payload::Tokens(_) | Payload::Hidden(_) | Payload::Logits(_) => {
-                seq.released = true;
-                self.metrics.borrow_mut().failed += 1;
-                emit.push((
-                    cap.clone(),
-                    Err(EngineEvent::Refused {
-                        seq: id,
-                        error: RequestError::StageFailed {
-                            seq: id,
-                            reason: "a step came back unfinished".into(),
-                        },
                     }),
                 ));
                 emit.push((cap.clone(), Ok(Self::release_step(seq))));
