@@ -179,7 +179,7 @@ impl Comparison {
     }
 
     /// An SVG bar chart of throughput per strategy (with the LP bound as a line).
-    pub fn to_svg(&self) -> String {
+    pub fn to_svg(&self) -> Result<String, crate::error::PlanError> {
         let bars: Vec<(String, f64)> = self
             .rows
             .iter()
@@ -200,7 +200,7 @@ impl Comparison {
             ),
             "tokens/s",
             &bars,
-            self.lp_bound_tok_s,
+            self.lp_bound_tok_s.map(|b| ("LP upper bound", b)),
         )
     }
 
@@ -209,7 +209,7 @@ impl Comparison {
         &self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<(), crate::error::PlanError> {
-        std::fs::write(path.as_ref(), self.to_svg()).map_err(|e| crate::error::PlanError::Io {
+        std::fs::write(path.as_ref(), self.to_svg()?).map_err(|e| crate::error::PlanError::Io {
             path: path.as_ref().display().to_string(),
             message: e.to_string(),
         })

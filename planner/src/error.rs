@@ -5,6 +5,9 @@ use thiserror::Error;
 /// Everything that can go wrong while reading inputs or planning.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum PlanError {
+    /// A chart could not be drawn.
+    #[error("cannot draw the chart: {0}")]
+    Plot(String),
     /// A file could not be read.
     #[error("cannot read {path}: {message}")]
     Io {

@@ -16,6 +16,7 @@ pub mod max_flow;
 pub mod memory_proportional;
 pub mod odp;
 pub mod petals;
+pub mod swarm;
 
 /// Everything a strategy reads.
 pub struct Context<'a> {
@@ -102,12 +103,13 @@ pub trait Strategy: Send + Sync {
     fn plan(&self, ctx: &Context) -> Result<Plan, PlanError>;
 }
 
-/// Every strategy, in the order of the issue.
+/// Every strategy, in the order of the issue (SWARM, the Helix paper's baseline, beside Petals).
 pub fn all() -> Vec<Box<dyn Strategy>> {
     vec![
         Box::new(even::EvenRoundRobin),
         Box::new(memory_proportional::MemoryProportional),
         Box::new(petals::PetalsGreedy),
+        Box::new(swarm::SwarmStages),
         Box::new(chain_dp::ChainDp),
         Box::new(max_flow::MaxFlowMilp),
         Box::new(odp::OdpIlp),
