@@ -195,14 +195,18 @@ fn chaos_many_requests_random_kills_and_returns() {
         "{} outages",
         failures.outages.len()
     );
+    let outages = failures.clone();
     let outcome = run(spec(&stages, &c, reqs, failures), None)
         .unwrap()
         .unwrap();
     assert_eq!(outcome.finished.len(), 100);
     assert_eq!(tokens(&outcome), want);
     assert!(outcome.metrics.restarts > 0);
+    let span = Duration::from_micros(outcome.metrics.span_us);
+    let injected = outages.outages.iter().filter(|o| o.down_at < span).count();
     eprintln!(
-        "chaos: {} failures detected, {} restarts, {} tokens recomputed, {} generated",
+        "chaos: {injected} failures injected in {:.2} s, {} detected, {} restarts, {} tokens recomputed, {} generated",
+        span.as_secs_f64(),
         outcome.metrics.failures_detected,
         outcome.metrics.restarts,
         outcome.metrics.recomputed_tokens,

@@ -215,20 +215,14 @@ pub fn evaluate(
             .product();
         availability *= 1.0 - down;
     }
-    // Recovery: each failure re-prefills the known tokens of the sequences in flight on the node.
-    let known = prompt + opts.workload.output_tokens as f64 / 2.0;
-    let prefill_pipeline: f64 = ttft.max(0.0) * known / prompt.max(1.0);
-    let mut recovery = 0.0;
-    for (id, &(b, _, _)) in &node_step {
-        if let Some(n) = cluster.node(id) {
-            let in_flight = if node_load.get(id).copied().unwrap_or(0.0) > 0.0 {
-                b
-            } else {
-                0.0
-            };
-            recovery += n.availability.failures_per_hour() * in_flight * prefill_pipeline;
-        }
-    }
+    // Recovery: each failure re-prefills the known tokens of the sequences in flight
+    // through the node. In flight, by Little's law: arrivals times time in the system.
+    let output = opts.workload.output_tokens.max(1) as f64;
+    let in_flight = load / output * (ttft + output * itl);
+    let recovery = expected_recovery(plan, cluster, &cm, in_flight, prompt + output / 2.0, &|n| {
+        n.availability.failures_per_hour()
+    })
+    .gpu_s_per_hour;
     Evaluation {
         strategy: plan.strategy.clone(),
         nodes_used: plan.nodes.len(),
@@ -248,5 +242,106 @@ pub fn evaluate(
         network_bytes_per_token: net_bytes,
         max_memory_fraction: max_frac,
         memory,
+    }
+}
+
+/// What restarting from known tokens is expected to cost a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryEstimate {
+    /// Failures per hour of the plan's nodes, together.
+    pub failures_per_hour: f64,
+    /// Sequences restarted per failure: those in flight whose path crosses the node.
+    pub restarts_per_failure: f64,
+    /// Tokens a restarted sequence prefills again.
+    pub known_tokens: f64,
+    /// GPU-seconds of that prefill along a path (every stage re-prefills).
+    pub gpu_s_per_restart: f64,
+    /// GPU-seconds of re-prefill per hour.
+    pub gpu_s_per_hour: f64,
+}
+
+/// Expected recovery cost of `plan` with `in_flight` sequences running and
+/// `known_tokens` known to each when it restarts; `failures_per_hour` gives each
+/// node's failure rate.
+///
+/// A sequence's path takes one replica per stage, in proportion to the replicas'
+/// routing weights, so a node is on the path with probability one minus the
+/// product, over its stages, of the chance that another replica was taken.
+pub fn expected_recovery(
+    plan: &Plan,
+    cluster: &Cluster,
+    cm: &CostModel,
+    in_flight: f64,
+    known_tokens: f64,
+    failures_per_hour: &dyn Fn(&crate::cluster::Node) -> f64,
+) -> RecoveryEstimate {
+    let mut miss: HashMap<&str, f64> = HashMap::new();
+    let mut gpu_s = 0.0;
+    for st in &plan.stages {
+        let wsum: f64 = st.replicas.iter().map(|r| r.weight.max(0.0)).sum();
+        let k = st.replicas.len().max(1) as f64;
+        for r in &st.replicas {
+            let w = if wsum > 0.0 {
+                r.weight.max(0.0) / wsum
+            } else {
+                1.0 / k
+            };
+            *miss.entry(r.node.as_str()).or_insert(1.0) *= 1.0 - w;
+            if let Some(node) = cluster.node(&r.node) {
+                gpu_s += w * cm.step_time(&node.gpu, &st.layers(), 0.0, known_tokens);
+            }
+        }
+    }
+    let (mut failures, mut restarts) = (0.0, 0.0);
+    for (id, m) in &miss {
+        if let Some(node) = cluster.node(id) {
+            let f = failures_per_hour(node);
+            failures += f;
+            restarts += f * in_flight * (1.0 - m);
+        }
+    }
+    RecoveryEstimate {
+        failures_per_hour: failures,
+        restarts_per_failure: if failures > 0.0 {
+            restarts / failures
+        } else {
+            0.0
+        },
+        known_tokens,
+        gpu_s_per_restart: gpu_s,
+        gpu_s_per_hour: restarts * gpu_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets;
+
+    fn two_replica_cluster() -> Cluster {
+        Cluster::from_toml_str(
+            "name = \"t\"\n[link_defaults]\nintra_site = { latency_ms = 0.1, bandwidth_gbps = 10.0 }\n[[nodes]]\nid = \"g\"\ngpu = \"A100-80GB\"\ncount = 2\nsite = \"s\"\nregion = \"r\"\navailability = { mtbf_hours = 9.0, mttr_hours = 1.0 }\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn recovery_counts_sequences_through_the_failed_node_and_their_whole_path() {
+        let c = two_replica_cluster();
+        let m = presets::model("Llama-3-8B").unwrap();
+        let opts = PlanOptions::default();
+        let cm = CostModel::new(&m, &opts);
+        let n = m.num_layers();
+        let plan = Plan::from_stages("t", &c, n, &m.name, &[(0..n, vec![0, 1])]);
+        let est = expected_recovery(&plan, &c, &cm, 10.0, 100.0, &|node| {
+            node.availability.failures_per_hour()
+        });
+        // Two nodes, one failure per 10 h each.
+        assert!((est.failures_per_hour - 0.2).abs() < 1e-12);
+        // Half of the 10 sequences run through each node.
+        assert!((est.restarts_per_failure - 5.0).abs() < 1e-9);
+        let one = cm.step_time(&c.nodes[0].gpu, &(0..n), 0.0, 100.0);
+        assert!((est.gpu_s_per_restart - one).abs() < 1e-12);
+        assert!((est.gpu_s_per_hour - 0.2 * 5.0 * one).abs() < 1e-9);
     }
 }

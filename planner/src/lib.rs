@@ -32,7 +32,7 @@ pub mod strategy;
 pub use cluster::Cluster;
 pub use compare::{Comparison, compare_all};
 pub use error::{PlanError, ValidationError};
-pub use evaluate::{Evaluation, evaluate};
+pub use evaluate::{Evaluation, RecoveryEstimate, evaluate, expected_recovery};
 pub use latency::{LatencyHistogram, LatencyReport, LatencySummary};
 pub use options::PlanOptions;
 pub use plan::Plan;

@@ -13,8 +13,8 @@ use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 
 use super::engine_args::EngineArgs;
-use super::fidelity;
 use super::report::{print_summary, write_comparison, write_outputs};
+use super::{fidelity, recovery};
 use tokenflow_engine::dataflow::Placement;
 
 /// A distribution of lengths: `fixed:N` or `uniform:A:B` (inclusive).
@@ -190,6 +190,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (seq, e) in &outcome.refused {
         eprintln!("[{seq}] {e}");
     }
+    let placement = Placement::new(
+        &setup.plan,
+        &setup.cluster,
+        &setup.model.config,
+        setup.communication.peers(),
+        &setup.options.placement,
+    )?;
     match &baseline {
         Some(clean) => {
             println!("\n# Without failures\n");
@@ -219,6 +226,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             if !same {
                 bail!("the answers changed under failures");
             }
+            let rows = recovery::compare(
+                &setup.model,
+                &setup.cluster,
+                &setup.plan,
+                &placement,
+                &setup.options.failures,
+                &requests,
+                &outcome,
+            )?;
+            recovery::report(&rows, setup.options.router.name(), &args.out)?;
         }
         None => {
             print_summary(&outcome);
@@ -226,13 +243,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if let (true, Arrivals::At(offsets)) = (args.compare_sim, &arrivals) {
-        let placement = Placement::new(
-            &setup.plan,
-            &setup.cluster,
-            &setup.model.config,
-            setup.communication.peers(),
-            &setup.options.placement,
-        )?;
         let rows = fidelity::compare(
             &setup.model,
             &setup.cluster,

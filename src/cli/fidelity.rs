@@ -17,7 +17,7 @@ use tokenflow_operators::device::{default_device, device_name};
 use tokenflow_operators::profile::{StageMeasurement, measure_blocks, static_profile};
 use tokenflow_planner::latency::LatencyReport;
 use tokenflow_planner::sim::{RouterChoice, SimConfig, SimRequest, simulate_plan};
-use tokenflow_planner::{Cluster, Plan, PlanOptions};
+use tokenflow_planner::{Cluster, ModelProfile, Plan, PlanOptions};
 
 /// One row of the comparison.
 #[derive(Debug, Clone, Serialize)]
@@ -32,19 +32,15 @@ pub struct FidelityRow {
     pub error_pct: f64,
 }
 
-/// Simulates what the engine just ran and compares percentiles.
-#[allow(clippy::too_many_arguments)]
-pub fn compare(
+/// The model's profile with stage times measured on this host, stretched per
+/// GPU kind by the engine's speed factor, so the planner's cost model times the
+/// same emulated devices as the engine.
+pub fn calibrated_profile(
     model: &LlamaModel,
     cluster: &Cluster,
-    plan: &Plan,
-    options: &EngineOptions,
     placement: &Placement,
-    requests: &[Request],
-    offsets_us: &[u64],
-    outcome: &RunOutcome,
-) -> anyhow::Result<Vec<FidelityRow>> {
-    eprintln!("measuring stage times on this host to calibrate the simulator");
+) -> anyhow::Result<ModelProfile> {
+    eprintln!("measuring stage times on this host to calibrate the cost model");
     let mut profile = static_profile(model.name(), &model.config);
     let host = measure_blocks(
         model,
@@ -73,6 +69,22 @@ pub fn compare(
             profile.measured.push(m);
         }
     }
+    Ok(profile)
+}
+
+/// Simulates what the engine just ran and compares percentiles.
+#[allow(clippy::too_many_arguments)]
+pub fn compare(
+    model: &LlamaModel,
+    cluster: &Cluster,
+    plan: &Plan,
+    options: &EngineOptions,
+    placement: &Placement,
+    requests: &[Request],
+    offsets_us: &[u64],
+    outcome: &RunOutcome,
+) -> anyhow::Result<Vec<FidelityRow>> {
+    let profile = calibrated_profile(model, cluster, placement)?;
     let config = SimConfig {
         token_budget: options.token_budget,
         max_prefill_chunk: options.max_prefill_chunk,

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod load;
 pub mod plan;
 pub mod profile;
+pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod simulate;

@@ -45,6 +45,7 @@ use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router}
 use tokenflow_planner::{Cluster, Plan, PlanOptions};
 
 use super::clock::now_us;
+use super::compute::ComputeThread;
 use super::error::EngineError;
 use super::faults::{FailureSchedule, FaultClock};
 use super::kernel::{KernelLoader, StageKernel};
@@ -66,6 +67,17 @@ pub enum RouterKind {
     RoundRobin,
     /// The replica with the fewest active sequences, stage by stage.
     LeastLoaded,
+}
+
+impl RouterKind {
+    /// The name `--router` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MinLatency => "min-latency",
+            Self::RoundRobin => "round-robin",
+            Self::LeastLoaded => "least-loaded",
+        }
+    }
 }
 
 impl FromStr for RouterKind {
@@ -342,14 +354,18 @@ impl InferenceDataflow {
             Rc::clone(&metrics),
         );
         let (steps, events) = out.ok_err::<Vec<StepMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
-        let context = StageContext {
-            placement: Arc::clone(placement),
-            limits,
-            hidden,
-            metrics: Rc::clone(&metrics),
-            faults,
-            loader,
-        };
+        let context =
+            StageContext {
+                placement: Arc::clone(placement),
+                limits,
+                hidden,
+                metrics: Rc::clone(&metrics),
+                faults,
+                loader,
+                compute: Rc::new(ComputeThread::start(worker).map_err(|e| {
+                    EngineError::Timely(format!("cannot start a compute thread: {e}"))
+                })?),
+            };
         let mut x = stage_operator(steps, StageRole::Embed, embed, context.clone());
         for (s, kernels) in blocks.into_iter().enumerate() {
             x = stage_operator(x, StageRole::Blocks(s), kernels, context.clone());

@@ -32,6 +32,11 @@ pub struct StageStats {
     pub tokens: u64,
     /// Microseconds the stage computed, stretched by node speed.
     pub busy_us: u64,
+    /// Tokens prefilled again after a failure (steps of a restarted sequence
+    /// before its next token).
+    pub replay_tokens: u64,
+    /// The share of `busy_us` those tokens took, by token count within each batch.
+    pub replay_busy_us: u64,
     /// Tokens per batch.
     pub batch_tokens: LatencyHistogram,
     /// Ready steps waiting when a batch started.
@@ -43,6 +48,8 @@ impl StageStats {
         self.batches += other.batches;
         self.tokens += other.tokens;
         self.busy_us += other.busy_us;
+        self.replay_tokens += other.replay_tokens;
+        self.replay_busy_us += other.replay_busy_us;
         self.batch_tokens.merge(&other.batch_tokens);
         self.queue_len.merge(&other.queue_len);
     }
@@ -112,10 +119,6 @@ impl EngineMetrics {
         self.recomputed_tokens += other.recomputed_tokens;
         self.failures_detected += other.failures_detected;
         self.replans += other.replans;
-        self.restarts += other.restarts;
-        self.recomputed_tokens += other.recomputed_tokens;
-        self.failures_detected += other.failures_detected;
-        self.replans += other.replans;
         self.span_us = self.span_us.max(other.span_us);
     }
 
@@ -129,6 +132,12 @@ impl EngineMetrics {
             report.insert(names::RECOVERY, h.clone());
         }
         report
+    }
+
+    /// Emulated GPU-seconds spent prefilling known tokens again after failures,
+    /// over every stage operator.
+    pub fn replay_gpu_s(&self) -> f64 {
+        self.stages.values().map(|s| s.replay_busy_us).sum::<u64>() as f64 / 1e6
     }
 
     /// Generated tokens per second over the run.
@@ -176,5 +185,34 @@ impl EngineMetrics {
             out.push_str(&format!("| {k} | {} | {} | {per} |\n", t.messages, t.bytes));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_each_count_once() {
+        let mut part = EngineMetrics {
+            completed: 2,
+            restarts: 3,
+            recomputed_tokens: 40,
+            failures_detected: 1,
+            replans: 1,
+            span_us: 10,
+            ..EngineMetrics::default()
+        };
+        part.stage("a stage 0").replay_busy_us = 500_000;
+        let mut total = EngineMetrics::default();
+        total.merge(&part);
+        total.merge(&part);
+        assert_eq!(total.completed, 4);
+        assert_eq!(total.restarts, 6);
+        assert_eq!(total.recomputed_tokens, 80);
+        assert_eq!(total.failures_detected, 2);
+        assert_eq!(total.replans, 2);
+        assert_eq!(total.span_us, 10);
+        assert!((total.replay_gpu_s() - 1.0).abs() < 1e-12);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod builder;
 pub mod clock;
+pub mod compute;
 pub mod durable_log;
 pub mod error;
 pub mod faults;

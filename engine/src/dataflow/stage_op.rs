@@ -4,9 +4,11 @@
 //!
 //! Steps arrive over emulated links (delayed, not slept), queue per node, and
 //! run as one batch per node call: decode steps first, then prefill chunks, up
-//! to a token budget. A slower node's call is stretched by holding its outputs
-//! (and the node) for `(speed factor − 1) ×` the measured time. Each output
-//! leaves under its own input's capability.
+//! to a token budget. Calls run on the worker's compute thread
+//! ([`super::compute`]), so heartbeats and control messages keep moving while a
+//! node computes. A slower node's call is stretched by holding its outputs (and
+//! the node) for `(speed factor − 1) ×` the measured time. Each output leaves
+//! under its own input's capability.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -18,10 +20,10 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use tokenflow_operators::StageError;
-use tokenflow_operators::kv_cache::KvError;
+use tokenflow_operators::SeqId;
 
 use super::clock::now_us;
+use super::compute::{ComputeDone, ComputeJob, ComputeThread};
 use super::faults::FaultClock;
 use super::kernel::{KernelLoader, StageKernel};
 use super::link::DelayedInbox;
@@ -84,10 +86,26 @@ pub struct StageContext {
     pub faults: Arc<FaultClock>,
     /// Builds kernels for replicas added by re-planning.
     pub loader: Arc<KernelLoader>,
+    /// The worker's compute thread, where stage calls run.
+    pub compute: Rc<ComputeThread>,
+}
+
+/// A stage call on the compute thread.
+struct InFlight {
+    caps: Vec<Capability<u64>>,
+    tokens: usize,
+    queued: usize,
 }
 
 struct NodeQueue {
-    kernel: StageKernel,
+    /// `None` while the kernel is on the compute thread.
+    kernel: Option<StageKernel>,
+    /// The call on the compute thread, if any.
+    computing: Option<InFlight>,
+    /// Releases that arrived during a call, applied when the kernel is back.
+    pending_releases: Vec<SeqId>,
+    /// The node failed during a call: drop its outputs and clear the kernel.
+    lost_during_call: bool,
     incarnation: u32,
     speed_factor: f64,
     metrics_key: String,
@@ -113,6 +131,7 @@ pub fn stage_operator<'s>(
         metrics,
         faults,
         loader,
+        compute,
     } = context;
     let last_stage = placement.num_stages() - 1;
     let route_index = role.route_index(placement.num_stages());
@@ -127,14 +146,19 @@ pub fn stage_operator<'s>(
         pact,
         &format!("Stage({})", role.name()),
         move |_cap, info| {
-            let activator = scope.activator_for(info.address);
+            let activator = scope.activator_for(Rc::clone(&info.address));
+            let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<ComputeDone>();
             let mut inbox: DelayedInbox<Capability<u64>> = DelayedInbox::default();
             let mut nodes: BTreeMap<u32, NodeQueue> = kernels
                 .into_iter()
                 .map(|(n, kernel)| {
                     let slot = &placement.nodes[n as usize];
                     let queue = NodeQueue {
-                        kernel,
+                        kernel: Some(kernel),
+                        computing: None,
+                        pending_releases: Vec::new(),
+                        lost_during_call: false,
                         incarnation: 0,
                         speed_factor: slot.speed_factor,
                         metrics_key: format!("{} {}", slot.id, role.name()),
@@ -162,10 +186,54 @@ pub fn stage_operator<'s>(
                     let inc = faults.incarnation(node, now);
                     if inc != q.incarnation {
                         q.incarnation = inc;
-                        q.kernel.clear();
+                        match q.kernel.as_mut() {
+                            Some(k) => k.clear(),
+                            None => q.lost_during_call = true,
+                        }
                         q.ready.clear();
                         q.outbox.clear();
                     }
+                }
+                let mut m = metrics.borrow_mut();
+                // Calls the compute thread finished.
+                for done in done_rx.try_iter() {
+                    let Some(q) = nodes.get_mut(&done.node) else {
+                        continue;
+                    };
+                    let Some(call) = q.computing.take() else {
+                        continue;
+                    };
+                    let mut kernel = done.kernel;
+                    for seq in q.pending_releases.drain(..) {
+                        kernel.release(seq);
+                    }
+                    if std::mem::take(&mut q.lost_during_call) {
+                        // The node died while computing: what it produced is gone.
+                        kernel.clear();
+                        q.kernel = Some(kernel);
+                        continue;
+                    }
+                    q.kernel = Some(kernel);
+                    let batch = done.batch;
+                    let busy_us = (done.compute_us as f64 * q.speed_factor) as u64;
+                    // Chunks of a restarted sequence before its next token rebuild lost KV.
+                    let replay: usize = batch
+                        .iter()
+                        .filter(|m| m.attempt > 0 && !m.is_decode())
+                        .map(|m| m.len as usize)
+                        .sum();
+                    let stats = m.stage(&q.metrics_key);
+                    stats.batches += 1;
+                    stats.tokens += call.tokens as u64;
+                    stats.busy_us += busy_us;
+                    stats.replay_tokens += replay as u64;
+                    stats.replay_busy_us += (busy_us as u128 * replay as u128)
+                        .checked_div(call.tokens as u128)
+                        .unwrap_or(0) as u64;
+                    stats.batch_tokens.record_us(call.tokens as u64);
+                    stats.queue_len.record_us(call.queued as u64);
+                    q.outbox = call.caps.into_iter().zip(batch).collect();
+                    q.release_us = done.finished_us + busy_us.saturating_sub(done.compute_us);
                 }
                 for (cap, mut msg) in inbox.ready(now) {
                     let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
@@ -207,7 +275,10 @@ pub fn stage_operator<'s>(
                                         nodes.insert(
                                             target,
                                             NodeQueue {
-                                                kernel,
+                                                kernel: Some(kernel),
+                                                computing: None,
+                                                pending_releases: Vec::new(),
+                                                lost_during_call: false,
                                                 incarnation: faults.incarnation(target, now),
                                                 speed_factor: slot.speed_factor,
                                                 metrics_key: format!("{} {}", slot.id, role.name()),
@@ -226,7 +297,10 @@ pub fn stage_operator<'s>(
                         // node of a path: a dead node does not stop them reaching the others.
                         Payload::Release => {
                             if !down && let Some(q) = nodes.get_mut(&node) {
-                                q.kernel.release(msg.seq);
+                                match q.kernel.as_mut() {
+                                    Some(k) => k.release(msg.seq),
+                                    None => q.pending_releases.push(msg.seq),
+                                }
                             }
                             output.session(&cap).give(msg);
                         }
@@ -245,8 +319,6 @@ pub fn stage_operator<'s>(
                     }
                 }
                 let mut wake: Option<u64> = inbox.next_delivery_us();
-                let mut again = false;
-                let mut m = metrics.borrow_mut();
                 for (&node, q) in nodes.iter_mut() {
                     // Outputs of a stretched call leave when the emulated call ends.
                     if !q.outbox.is_empty() {
@@ -266,7 +338,10 @@ pub fn stage_operator<'s>(
                     for (cap, mut msg) in q.ready.drain(..) {
                         match msg.payload {
                             Payload::Release => {
-                                q.kernel.release(msg.seq);
+                                match q.kernel.as_mut() {
+                                    Some(k) => k.release(msg.seq),
+                                    None => q.pending_releases.push(msg.seq),
+                                }
                                 msg.from_node = node;
                                 msg.sent_us = now;
                                 output.session(&cap).give(msg);
@@ -285,17 +360,21 @@ pub fn stage_operator<'s>(
                             _ => work.push_back((cap, msg)),
                         }
                     }
-                    if work.is_empty() {
+                    q.ready = work;
+                    // One call at a time per node; the compute thread wakes us when it ends.
+                    if q.ready.is_empty() || q.computing.is_some() {
                         continue;
                     }
+                    let Some(kernel) = q.kernel.take() else {
+                        continue;
+                    };
                     // Decode steps first, then prefill chunks, within the budget.
-                    let mut order: Vec<(Capability<u64>, StepMsg)> = work.into_iter().collect();
+                    let mut order: Vec<(Capability<u64>, StepMsg)> = q.ready.drain(..).collect();
                     order.sort_by_key(|(_, m)| !m.is_decode());
                     let queued = order.len();
                     let mut batch = Vec::new();
                     let mut caps = Vec::new();
                     let mut tokens = 0usize;
-                    let mut rest = VecDeque::new();
                     for (cap, msg) in order {
                         let t = msg.work_tokens();
                         let fits = batch.is_empty()
@@ -306,36 +385,22 @@ pub fn stage_operator<'s>(
                             batch.push(msg);
                             caps.push(cap);
                         } else {
-                            rest.push_back((cap, msg));
+                            q.ready.push_back((cap, msg));
                         }
                     }
-                    q.ready = rest;
-                    if !q.ready.is_empty() {
-                        again = true;
-                    }
-                    let started = std::time::Instant::now();
-                    run_batch(&mut q.kernel, &mut batch, hidden);
-                    let compute_us = started.elapsed().as_micros() as u64;
-                    let busy_us = (compute_us as f64 * q.speed_factor) as u64;
-                    let stats = m.stage(&q.metrics_key);
-                    stats.batches += 1;
-                    stats.tokens += tokens as u64;
-                    stats.busy_us += busy_us;
-                    stats.batch_tokens.record_us(tokens as u64);
-                    stats.queue_len.record_us(queued as u64);
-                    let end = now_us();
-                    let release = end + busy_us.saturating_sub(compute_us);
-                    if release <= end {
-                        for (cap, mut msg) in caps.into_iter().zip(batch) {
-                            msg.from_node = node;
-                            msg.sent_us = end;
-                            output.session(&cap).give(msg);
-                        }
-                    } else {
-                        q.outbox = caps.into_iter().zip(batch).collect();
-                        q.release_us = release;
-                        wake = Some(wake.map_or(release, |w| w.min(release)));
-                    }
+                    q.computing = Some(InFlight {
+                        caps,
+                        tokens,
+                        queued,
+                    });
+                    compute.submit(ComputeJob {
+                        node,
+                        kernel,
+                        batch,
+                        hidden,
+                        done: done_tx.clone(),
+                        activator: sync_activator.clone(),
+                    });
                 }
                 for &node in nodes.keys() {
                     if let Some(t) = faults.next_change(node, now) {
@@ -361,9 +426,7 @@ pub fn stage_operator<'s>(
                     }
                 }
                 drop(m);
-                if again {
-                    activator.activate();
-                } else if let Some(w) = wake {
+                if let Some(w) = wake {
                     let now = now_us();
                     if w <= now {
                         activator.activate();
@@ -374,23 +437,4 @@ pub fn stage_operator<'s>(
             }
         },
     )
-}
-
-/// Runs a batch; if the batch as a whole fails, each step alone, so one bad
-/// step fails only its own sequence. A failed call leaves the payloads as they
-/// were (outputs are written only after the stage succeeds).
-fn run_batch(kernel: &mut StageKernel, batch: &mut [StepMsg], hidden: usize) {
-    if kernel.run(batch, hidden).is_ok() {
-        return;
-    }
-    for msg in batch.iter_mut() {
-        match kernel.run(std::slice::from_mut(msg), hidden) {
-            Ok(()) => {}
-            // The stage no longer holds the sequence (its node restarted): rebuild it.
-            Err(e @ StageError::Kv(KvError::PositionMismatch { .. })) => {
-                msg.payload = Payload::Lost(e.to_string())
-            }
-            Err(e) => msg.payload = Payload::Failed(e.to_string()),
-        }
-    }
 }

@@ -1,0 +1,119 @@
+//! A worker's compute thread: stage calls run here, one at a time per worker
+//! (as the emulation times them), while the timely worker's own thread keeps
+//! moving messages. A node's heartbeat is then answered while its stage
+//! computes, as a real node's network thread answers while its GPU works; a
+//! long prefill batch no longer looks like a dead node.
+
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use timely::scheduling::SyncActivator;
+use tokenflow_operators::StageError;
+use tokenflow_operators::kv_cache::KvError;
+
+use super::clock::now_us;
+use super::kernel::StageKernel;
+use super::message::{Payload, StepMsg};
+
+/// One stage call: a node's kernel and its batch, handed to the compute thread.
+pub struct ComputeJob {
+    /// Node index the call is for.
+    pub node: u32,
+    /// The node's copy of the stage (moves to the thread and back).
+    pub kernel: StageKernel,
+    /// The steps of the call.
+    pub batch: Vec<StepMsg>,
+    /// Width of the hidden state.
+    pub hidden: usize,
+    /// Where the finished call goes.
+    pub done: Sender<ComputeDone>,
+    /// Wakes the operator that submitted it.
+    pub activator: SyncActivator,
+}
+
+/// A finished stage call.
+pub struct ComputeDone {
+    /// Node index the call was for.
+    pub node: u32,
+    /// The node's kernel, back from the thread.
+    pub kernel: StageKernel,
+    /// The steps, payloads replaced by the stage's outputs (or errors).
+    pub batch: Vec<StepMsg>,
+    /// Measured time of the call, µs.
+    pub compute_us: u64,
+    /// When it ended, µs since the epoch.
+    pub finished_us: u64,
+}
+
+/// The compute thread of one timely worker, shared by its stage operators.
+pub struct ComputeThread {
+    jobs: Option<Sender<ComputeJob>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl ComputeThread {
+    /// Starts the thread of worker `index`.
+    pub fn start(index: usize) -> std::io::Result<Self> {
+        let (jobs, queue): (Sender<ComputeJob>, Receiver<ComputeJob>) = unbounded();
+        let handle = std::thread::Builder::new()
+            .name(format!("tokenflow-compute-{index}"))
+            .spawn(move || {
+                for mut job in queue {
+                    let started = Instant::now();
+                    run_batch(&mut job.kernel, &mut job.batch, job.hidden);
+                    let done = ComputeDone {
+                        node: job.node,
+                        kernel: job.kernel,
+                        batch: job.batch,
+                        compute_us: started.elapsed().as_micros() as u64,
+                        finished_us: now_us(),
+                    };
+                    // The operator is gone when the dataflow was dropped mid-call.
+                    if job.done.send(done).is_ok() {
+                        let _ = job.activator.activate();
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues a call; it runs after those queued before it.
+    pub fn submit(&self, job: ComputeJob) {
+        if let Some(jobs) = &self.jobs {
+            // The thread only stops when this handle is dropped.
+            let _ = jobs.send(job);
+        }
+    }
+}
+
+impl Drop for ComputeThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs a batch; if the batch as a whole fails, each step alone, so one bad
+/// step fails only its own sequence. A failed call leaves the payloads as they
+/// were (outputs are written only after the stage succeeds).
+fn run_batch(kernel: &mut StageKernel, batch: &mut [StepMsg], hidden: usize) {
+    if kernel.run(batch, hidden).is_ok() {
+        return;
+    }
+    for msg in batch.iter_mut() {
+        match kernel.run(std::slice::from_mut(msg), hidden) {
+            Ok(()) => {}
+            // The stage no longer holds the sequence (its node restarted): rebuild it.
+            Err(e @ StageError::Kv(KvError::PositionMismatch { .. })) => {
+                msg.payload = Payload::Lost(e.to_string())
+            }
+            Err(e) => msg.payload = Payload::Failed(e.to_string()),
+        }
+    }
+}
