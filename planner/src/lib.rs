@@ -25,6 +25,7 @@ pub mod plan;
 pub mod plot;
 pub mod presets;
 pub mod profile;
+pub mod repair;
 pub mod router;
 pub mod sim;
 pub mod strategy;

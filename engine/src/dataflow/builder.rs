@@ -334,6 +334,7 @@ impl InferenceDataflow {
                     }
                 })
                 .collect(),
+            cost: self.cost.clone(),
         };
         let loader = Arc::new(KernelLoader {
             model: Arc::clone(&self.model),

@@ -20,6 +20,8 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use tokenflow_operators::{SeqId, TextTokenizer};
 use tokenflow_planner::Plan;
+use tokenflow_planner::cost::CostModel;
+use tokenflow_planner::repair::{self, RepairCandidate};
 use tokenflow_planner::router::{Router, RouterState};
 
 use super::clock::now_us;
@@ -127,6 +129,8 @@ pub struct SequencerConfig {
     pub stage_weight_bytes: Vec<u64>,
     /// Bytes per second at which each node downloads weights (emulated load time).
     pub load_bps: Vec<f64>,
+    /// The planner's cost model, for re-planning a lost stage.
+    pub cost: CostModel,
 }
 
 /// A replica being added to a stage that lost all of its own.
@@ -380,11 +384,23 @@ impl SequencerState {
         })
     }
 
-    /// Re-plans every stage that lost all its replicas: the live node with the
-    /// most free memory loads it (weights plus room for one full sequence of KV),
-    /// paying the download of its weights over the node's link.
+    /// Re-plans every stage that lost all its replicas. The planner picks the
+    /// survivor (`planner::repair`): the one giving the repaired plan the most
+    /// throughput among those with room for the weights and one full sequence of
+    /// KV. It loads the stage, paying the download of its weights over its link.
     fn plan_repairs(&mut self, cap: &Capability<u64>, emit: &mut Emit) {
         let stages = self.replicas.len();
+        let live = {
+            let nodes = &self.nodes;
+            let placement = &self.placement;
+            repair::live_plan(&self.plan, &|id| {
+                placement
+                    .nodes
+                    .iter()
+                    .position(|n| n.id == id)
+                    .is_some_and(|n| !nodes[n].down)
+            })
+        };
         for s in 0..stages {
             let dead = self.replicas[s]
                 .iter()
@@ -395,58 +411,74 @@ impl SequencerState {
             let kv_bytes = self.placement.kv_bytes(s, self.config.context_length);
             let need = self.config.stage_weight_bytes[s] + kv_bytes;
             // Free memory of a node: the KV room of its stages that no sequence holds.
-            let best = (0..self.placement.nodes.len())
+            let candidates: Vec<RepairCandidate> = (0..self.placement.nodes.len())
                 .filter(|&n| !self.nodes[n].down && !self.replicas[s].contains(&(n as u32)))
-                .map(|n| (self.kv_free[n].iter().sum::<u64>(), n))
-                .max_by_key(|&(free, n)| (free, std::cmp::Reverse(n)));
-            match best {
-                Some((free, n)) if free >= need => {
-                    // Take the room from the node's stages, largest free first.
-                    let mut left = need;
-                    let mut order: Vec<usize> = (0..stages).collect();
-                    order.sort_by_key(|&k| std::cmp::Reverse(self.kv_free[n][k]));
-                    for k in order {
-                        let take = left.min(self.kv_free[n][k]);
-                        self.kv_free[n][k] -= take;
-                        left -= take;
-                    }
-                    self.repairs.insert(
-                        s,
-                        Repair {
-                            node: n as u32,
-                            kv_bytes,
-                            ready_us: None,
-                        },
-                    );
-                    self.metrics.borrow_mut().replans += 1;
-                    emit.push((
-                        cap.clone(),
-                        Ok(StepMsg::control(
-                            u64::MAX,
-                            0,
-                            vec![n as u32; stages],
-                            Payload::Load {
-                                node: n as u32,
-                                stage: s as u32,
-                                kv_bytes,
-                                error: None,
-                            },
-                        )),
-                    ));
-                }
-                best => {
-                    let (free, who) = best.map_or((0, "none".to_string()), |(f, n)| {
-                        (f, format!("`{}`", self.placement.nodes[n].id))
+                .map(|n| RepairCandidate {
+                    node: self.placement.nodes[n].id.clone(),
+                    free_bytes: self.kv_free[n].iter().sum::<u64>() as f64,
+                })
+                .collect();
+            let chosen = repair::place_lost_stage(
+                &live,
+                &self.placement.cluster,
+                &self.config.cost,
+                s,
+                &candidates,
+                need as f64,
+            );
+            let n = match chosen {
+                Ok(c) => self
+                    .placement
+                    .nodes
+                    .iter()
+                    .position(|x| x.id == c.node)
+                    .expect("candidates are placement nodes"),
+                Err(e) => {
+                    let (free, who) = e.best.as_ref().map_or((0.0, "none".to_string()), |b| {
+                        (b.free_bytes, format!("`{}`", b.node))
                     });
                     self.repair_errors.insert(
                         s,
                         format!(
-                            "stage {s} needs {need} bytes (weights and one sequence of KV); the best live node {who} has {free} free ({:.1} MB missing)",
-                            need.saturating_sub(free) as f64 / 1e6
+                            "stage {s} needs {need} bytes (weights and one sequence of KV); the best live node {who} has {free:.0} free ({:.1} MB missing)",
+                            e.missing_bytes().max(0.0) / 1e6
                         ),
                     );
+                    continue;
                 }
+            };
+            // Take the room from the node's stages, largest free first.
+            let mut left = need;
+            let mut order: Vec<usize> = (0..stages).collect();
+            order.sort_by_key(|&k| std::cmp::Reverse(self.kv_free[n][k]));
+            for k in order {
+                let take = left.min(self.kv_free[n][k]);
+                self.kv_free[n][k] -= take;
+                left -= take;
             }
+            self.repairs.insert(
+                s,
+                Repair {
+                    node: n as u32,
+                    kv_bytes,
+                    ready_us: None,
+                },
+            );
+            self.metrics.borrow_mut().replans += 1;
+            emit.push((
+                cap.clone(),
+                Ok(StepMsg::control(
+                    u64::MAX,
+                    0,
+                    vec![n as u32; stages],
+                    Payload::Load {
+                        node: n as u32,
+                        stage: s as u32,
+                        kv_bytes,
+                        error: None,
+                    },
+                )),
+            ));
         }
     }
 
