@@ -43,6 +43,7 @@ fn decode_activation() -> StepMsg {
         start: 10,
         len: 1,
         last_chunk: true,
+        replay: false,
         sampling: SamplingParams::greedy(),
         history: Vec::new(),
         from_node: CLIENT,

@@ -229,9 +229,15 @@ impl CostModel {
         self.act[end - 1]
     }
 
-    /// Tokens per second a link can carry at the boundary after layer `end - 1`.
+    /// Generated tokens per second a link can carry at the boundary after layer
+    /// `end - 1`. With `include_prefill`, each generated token also carries its
+    /// share of the prompt's activations, as its capacity on a node carries its
+    /// share of the prefill compute.
     pub fn link_capacity(&self, link: &Link, end: usize) -> f64 {
-        let b = self.activation_bytes(end);
+        let mut b = self.activation_bytes(end);
+        if self.options.include_prefill && self.workload.output_tokens > 0 {
+            b *= 1.0 + self.workload.prompt_tokens as f64 / self.workload.output_tokens as f64;
+        }
         if b <= 0.0 {
             f64::INFINITY
         } else {

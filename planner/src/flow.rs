@@ -484,10 +484,13 @@ region = "r"
 
     #[test]
     fn slow_links_bind_and_lp_agrees_with_dinic() {
-        // 0.01 Gbit/s: 1.25e6 B/s / 8192 B per token = 152.6 tok/s per link.
+        // 0.01 Gbit/s: 1.25e6 B/s / 8192 B per token = 152.6 tok/s per link, and each
+        // generated token carries (512 + 128) / 128 tokens of activations.
         let (c, cm, plan) = setup(0.01);
         let f = max_flow(&plan, &c, &cm);
-        let per_link = 0.01e9 / 8.0 / cm.activation_bytes(16);
+        let w = PlanOptions::default().workload;
+        let share = 1.0 + w.prompt_tokens as f64 / w.output_tokens as f64;
+        let per_link = 0.01e9 / 8.0 / cm.activation_bytes(16) / share;
         assert!(
             (f.throughput - 2.0 * per_link).abs() < 1e-6 * per_link,
             "{}",

@@ -61,7 +61,17 @@ impl ComputeThread {
             .spawn(move || {
                 for mut job in queue {
                     let started = Instant::now();
-                    run_batch(&mut job.kernel, &mut job.batch, job.hidden);
+                    // A panic in a stage call fails that call's sequences, not the run:
+                    // the thread must live on, or every later call would wait forever.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_batch(&mut job.kernel, &mut job.batch, job.hidden)
+                    }));
+                    if ran.is_err() {
+                        job.kernel.clear();
+                        for msg in &mut job.batch {
+                            msg.payload = Payload::Failed("the stage call panicked".into());
+                        }
+                    }
                     let done = ComputeDone {
                         node: job.node,
                         kernel: job.kernel,
@@ -84,8 +94,8 @@ impl ComputeThread {
     /// Queues a call; it runs after those queued before it.
     pub fn submit(&self, job: ComputeJob) {
         if let Some(jobs) = &self.jobs {
-            // The thread only stops when this handle is dropped.
-            let _ = jobs.send(job);
+            jobs.send(job)
+                .expect("the compute thread runs until its handle is dropped");
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct StepMsg {
     pub len: u32,
     /// Whether the chunk ends the known tokens (its last row yields a token).
     pub last_chunk: bool,
+    /// Whether it prefills again tokens a failure took from the path's caches
+    /// (counted as recovery cost).
+    pub replay: bool,
     /// How the sampler draws.
     pub sampling: SamplingParams,
     /// Known tokens, only when the sampler needs them (repetition penalty).
@@ -99,6 +102,7 @@ impl StepMsg {
             start: 0,
             len: 0,
             last_chunk: false,
+            replay: false,
             sampling: SamplingParams::greedy(),
             history: Vec::new(),
             from_node: CLIENT,

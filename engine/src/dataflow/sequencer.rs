@@ -644,7 +644,7 @@ impl SequencerState {
                 self.finish(id, FinishReason::Length, &w.cap, emit);
                 continue;
             }
-            let step = Self::next_chunk(&seq, 0, CLIENT, self.config.max_prefill_chunk);
+            let step = Self::next_chunk(&seq, 0, CLIENT, self.config.max_prefill_chunk, false);
             self.seqs.insert(id, seq);
             emit.push((w.cap, Ok(step)));
         }
@@ -682,7 +682,8 @@ impl SequencerState {
                     let seq = self.seqs.get_mut(&id).expect("present");
                     seq.route = route;
                     seq.reserved = reserved;
-                    let step = Self::next_chunk(seq, 0, CLIENT, self.config.max_prefill_chunk);
+                    let step =
+                        Self::next_chunk(seq, 0, CLIENT, self.config.max_prefill_chunk, true);
                     let mut m = self.metrics.borrow_mut();
                     m.restarts += 1;
                     m.recomputed_tokens += seq.log.len() as u64;
@@ -811,7 +812,14 @@ impl SequencerState {
     }
 
     /// The step after `cached` known tokens are in the stages' caches.
-    fn next_chunk(seq: &Sequence, cached: usize, from_node: u32, max_chunk: usize) -> StepMsg {
+    /// `replay`: the chunk rebuilds KV a failure took (a restarted sequence's prefill).
+    fn next_chunk(
+        seq: &Sequence,
+        cached: usize,
+        from_node: u32,
+        max_chunk: usize,
+        replay: bool,
+    ) -> StepMsg {
         let known = seq.log.len();
         let len = (known - cached).clamp(1, max_chunk.max(1));
         let tokens: Vec<u32> = seq.log.tokens().skip(cached).take(len).collect();
@@ -827,6 +835,7 @@ impl SequencerState {
             start: cached as u32,
             len: tokens.len() as u32,
             last_chunk: cached + tokens.len() == known,
+            replay,
             sampling: seq.request.sampling.clone(),
             history,
             from_node,
@@ -933,7 +942,7 @@ impl SequencerState {
             _ if seq.released => {}
             Payload::ChunkDone => {
                 let cached = (msg.start + msg.len) as usize;
-                let step = Self::next_chunk(seq, cached, last_node, max_chunk);
+                let step = Self::next_chunk(seq, cached, last_node, max_chunk, seq.attempt > 0);
                 emit.push((cap.clone(), Ok(step)));
             }
             Payload::Sampled(token) => {
@@ -968,7 +977,8 @@ impl SequencerState {
                     Some(reason) => self.finish(id, reason, cap, emit),
                     None => {
                         let cached = (msg.start + msg.len) as usize;
-                        let step = Self::next_chunk(&self.seqs[&id], cached, last_node, max_chunk);
+                        let step =
+                            Self::next_chunk(&self.seqs[&id], cached, last_node, max_chunk, false);
                         emit.push((cap.clone(), Ok(step)));
                     }
                 }

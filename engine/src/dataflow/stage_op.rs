@@ -219,7 +219,7 @@ pub fn stage_operator<'s>(
                     // Chunks of a restarted sequence before its next token rebuild lost KV.
                     let replay: usize = batch
                         .iter()
-                        .filter(|m| m.attempt > 0 && !m.is_decode())
+                        .filter(|m| m.replay)
                         .map(|m| m.len as usize)
                         .sum();
                     let stats = m.stage(&q.metrics_key);
