@@ -390,24 +390,29 @@ impl SequencerState {
     /// KV. It loads the stage, paying the download of its weights over its link.
     fn plan_repairs(&mut self, cap: &Capability<u64>, emit: &mut Emit) {
         let stages = self.replicas.len();
+        // Runs on every activation: return before any work unless a stage needs a repair.
+        let lost: Vec<usize> = (0..stages)
+            .filter(|&s| {
+                self.replicas[s]
+                    .iter()
+                    .all(|&n| self.nodes[n as usize].down)
+                    && !self.repairs.contains_key(&s)
+                    && !self.repair_errors.contains_key(&s)
+            })
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
         let live = {
             let nodes = &self.nodes;
             let placement = &self.placement;
             repair::live_plan(&self.plan, &|id| {
                 placement
-                    .nodes
-                    .iter()
-                    .position(|n| n.id == id)
-                    .is_some_and(|n| !nodes[n].down)
+                    .node_index(id)
+                    .is_some_and(|n| !nodes[n as usize].down)
             })
         };
-        for s in 0..stages {
-            let dead = self.replicas[s]
-                .iter()
-                .all(|&n| self.nodes[n as usize].down);
-            if !dead || self.repairs.contains_key(&s) || self.repair_errors.contains_key(&s) {
-                continue;
-            }
+        for s in lost {
             let kv_bytes = self.placement.kv_bytes(s, self.config.context_length);
             let need = self.config.stage_weight_bytes[s] + kv_bytes;
             // Free memory of a node: the KV room of its stages that no sequence holds.
@@ -429,10 +434,8 @@ impl SequencerState {
             let n = match chosen {
                 Ok(c) => self
                     .placement
-                    .nodes
-                    .iter()
-                    .position(|x| x.id == c.node)
-                    .expect("candidates are placement nodes"),
+                    .node_index(&c.node)
+                    .expect("candidates are placement nodes") as usize,
                 Err(e) => {
                     let (free, who) = e.best.as_ref().map_or((0.0, "none".to_string()), |b| {
                         (b.free_bytes, format!("`{}`", b.node))
