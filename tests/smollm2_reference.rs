@@ -10,14 +10,19 @@ use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::llama::{Head, even_splits};
+use tokenflow_operators::quant::Numerics;
 use tokenflow_operators::{LlamaModel, SamplingParams, SeqChunk};
 
 /// Largest difference allowed between our f32 logits and the numpy f32 reference's.
 /// Both sum the same products in different orders over 30 blocks; logits are about 25 in size.
 const LOGIT_TOLERANCE: f32 = 2e-3;
 
+/// The model under `exact` numerics, which these f32 tolerances are for (the `q8`
+/// numerics is checked against llama.cpp in `smollm2_llama_cpp.rs`).
 fn model() -> LlamaModel {
-    LlamaModel::open(smollm2_path()).expect("SmolLM2 opens")
+    LlamaModel::open(smollm2_path())
+        .expect("SmolLM2 opens")
+        .with_numerics(Numerics::Exact)
 }
 
 #[test]

@@ -46,11 +46,23 @@ pub struct LayerKv {
     pub values: Tensor<3>,
 }
 
+/// Keys and values of one block for one sequence in host memory (the CPU path):
+/// `[tokens, kv_heads, head_dim]` each, so a new token is appended in place.
+#[derive(Debug, Clone, Default)]
+pub struct HostLayerKv {
+    /// Keys after RoPE.
+    pub keys: Vec<f32>,
+    /// Values.
+    pub values: Vec<f32>,
+}
+
 /// Every block's KV of one sequence.
 #[derive(Debug, Clone, Default)]
 pub struct SequenceKv {
-    /// One entry per block of the stage (empty until the first chunk).
+    /// One entry per block of the stage (empty until the first chunk), as burn tensors.
     pub layers: Vec<LayerKv>,
+    /// The same on the CPU path, in host memory.
+    pub host: Vec<HostLayerKv>,
     /// Tokens held.
     pub tokens: usize,
 }

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
 pub mod profile;
+pub mod quant;
 pub mod sampler;
 pub mod tiny;
 pub mod tokenizer;

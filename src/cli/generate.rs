@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::llama::{even_splits, parse_splits};
+use tokenflow_operators::quant::{KernelSet, Numerics};
 use tokenflow_operators::tokenizer::TokenTextStream;
 use tokenflow_operators::{LlamaModel, SamplingParams};
 
@@ -49,6 +50,10 @@ pub struct GenerateArgs {
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Arithmetic of the linear layers: `q8` (8-bit activations, integer dot
+    /// products, as llama.cpp) or `exact` (f32 activations).
+    #[arg(long, default_value_t = Numerics::default())]
+    pub numerics: Numerics,
 }
 
 /// Where `scripts/fetch-model.sh` puts SmolLM2, relative to the repository root.
@@ -90,17 +95,34 @@ pub fn resolve_model(path: &Path) -> anyhow::Result<PathBuf> {
 /// Runs `tokenflow generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let path = resolve_model(&args.model)?;
-    let model =
-        LlamaModel::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+    let model = LlamaModel::open(&path)
+        .with_context(|| format!("opening model {}", path.display()))?
+        .with_numerics(args.numerics);
     let splits = match &args.stages {
         Some(s) => parse_splits(s)
             .map_err(anyhow::Error::msg)
             .context("--stages")?,
         None => even_splits(model.config.n_layers, 1),
     };
+    eprintln!(
+        "RSS open {}",
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap()
+    );
     let load_start = Instant::now();
     let pipeline = load_pipeline(&model, &splits, 1 << 30)?;
     let load_time = load_start.elapsed();
+    eprintln!(
+        "RSS load {}",
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap()
+    );
     let text = if args.chat {
         render_user_prompt(&args.prompt)
     } else {
@@ -134,9 +156,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     })?;
 
     eprintln!(
-        "loaded {} stages in {:.2?}; prompt of {} tokens",
+        "loaded {} stages in {:.2?} ({:.1} MB of weights, {} numerics, {} kernels); prompt of {} tokens",
         splits.len(),
         load_time,
+        model.weight_bytes() as f64 / 1e6,
+        args.numerics,
+        KernelSet::detect().name(),
         prompt.len()
     );
     let mut stream = TokenTextStream::new();

@@ -11,7 +11,9 @@ pub fn load_pipeline(
     splits: &[Range<usize>],
     kv_capacity: u64,
 ) -> anyhow::Result<StagePipeline> {
-    let bar = ProgressBar::new(model.f32_weight_bytes());
+    // A tied head reports the table it maps as well.
+    let w = &model.config.weights;
+    let bar = ProgressBar::new(w.total() + if w.tied { w.embed } else { 0 });
     bar.set_style(
         ProgressStyle::with_template("{msg:>24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
             .expect("valid template")

@@ -251,6 +251,10 @@ impl Placement {
             for &s in &stages {
                 weights += stage_weight_bytes(model, &stage_layers[s], s == 0, s == last);
             }
+            // A tied table read by the first and the last stage is mapped once.
+            if model.weights.tied && last > 0 && stages.contains(&0) && stages.contains(&last) {
+                weights -= model.weights.embed;
+            }
             let memory = (node.gpu.memory_bytes() * fraction) as u64;
             if weights > memory {
                 return Err(PlacementError::NodeMemory {
@@ -375,21 +379,14 @@ impl Placement {
     }
 }
 
-/// Bytes of f32 weights of one stage: its blocks, plus the embedding table on
-/// the first stage and the final norm and LM head on the last.
+/// Bytes of weights of one stage as held on the CPU backend (the file's bytes of
+/// its tensors): its blocks, plus the embedding table on the first stage and the
+/// final norm and LM head on the last (a tied head counts the table it reads).
 pub fn stage_weight_bytes(
     model: &LlamaConfig,
     layers: &Range<usize>,
     embed: bool,
     head: bool,
 ) -> u64 {
-    let table = (model.vocab_size * model.hidden * 4) as u64;
-    let mut bytes = model.block_params() * 4 * layers.len() as u64;
-    if embed {
-        bytes += table;
-    }
-    if head {
-        bytes += table + model.hidden as u64 * 4;
-    }
-    bytes
+    model.weights.stage(layers, embed, head)
 }

@@ -4,7 +4,7 @@
 use super::tensor_type::GgmlType;
 use half::{bf16, f16};
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -14,6 +14,16 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// this for tensors of a file). Returns the type back if it cannot be dequantized.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32>, GgmlType> {
     let mut out = vec![0f32; elements];
+    dequantize_into(ty, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Dequantizes the blocks `bytes` of type `ty` into `out` (as many values as `out` holds).
+///
+/// Returns the type back if it cannot be dequantized or if `bytes` is not exactly
+/// the blocks of `out.len()` values.
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), GgmlType> {
+    let elements = out.len();
     let block_bytes = ty.block_bytes() as usize;
     let block_elems = ty.block_elements() as usize;
     if !elements.is_multiple_of(block_elems) || bytes.len() != elements / block_elems * block_bytes
@@ -59,11 +69,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32
         GgmlType::Q6_K => blocks.for_each(|(b, y)| dequant_q6_k(b, y)),
         other => return Err(other),
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K/Q5_K super-block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -7,9 +7,9 @@ pub mod reader;
 pub mod tensor_type;
 pub mod writer;
 
-pub use dequant::{dequantize, quantize};
+pub use dequant::{dequantize, dequantize_into, quantize};
 pub use error::{GgufError, Result};
 pub use metadata::{Metadata, MetadataValue};
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{FileBytes, GgufFile, TensorInfo};
 pub use tensor_type::GgmlType;
 pub use writer::GgufWriter;

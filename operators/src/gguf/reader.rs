@@ -60,6 +60,18 @@ impl Backing {
     }
 }
 
+/// The bytes of an open GGUF file (mapped or owned), shared by everything built from it.
+#[derive(Clone)]
+pub struct FileBytes(Arc<Backing>);
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
 /// An open GGUF file: parsed header and metadata, tensor data mapped lazily.
 ///
 /// Cloning is cheap and shares the mapping, so every stage of a model can hold
@@ -257,6 +269,24 @@ impl GgufFile {
         let info = self.tensor_info(name)?;
         let start = (self.data_start + info.offset) as usize;
         Ok(&self.backing.bytes()[start..start + info.size_bytes as usize])
+    }
+
+    /// Where the bytes of tensor `name` lie in [`GgufFile::data`].
+    pub fn tensor_range(&self, name: &str) -> Result<std::ops::Range<usize>> {
+        let info = self.tensor_info(name)?;
+        let start = (self.data_start + info.offset) as usize;
+        Ok(start..start + info.size_bytes as usize)
+    }
+
+    /// The whole file as mapped (or held) in memory.
+    pub fn data(&self) -> &[u8] {
+        self.backing.bytes()
+    }
+
+    /// A handle on the file's bytes alone, cheap to clone (unlike the file, which
+    /// also holds the metadata: the tokenizer's vocabulary among it).
+    pub fn bytes_handle(&self) -> FileBytes {
+        FileBytes(self.backing.clone())
     }
 
     /// Tensor `name` dequantized to f32, in memory order (`ne[0]` fastest).

@@ -3,11 +3,13 @@
 use super::batch::{SeqChunk, total_rows};
 use super::config::LlamaConfig;
 use super::error::StageError;
-use super::linear::LinearKernel;
+use super::host_block::{self, HostRope};
+use super::linear::Linear;
 use super::rope::RopeAngles;
-use super::weights::{LoadProgress, matrix, stacked, vector};
+use super::weights::{LoadProgress, vector};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{KvStore, LayerKv, SeqId};
+use crate::kv_cache::{HostLayerKv, KvStore, LayerKv, SeqId, SequenceKv};
+use crate::quant::Numerics;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use std::ops::Range;
@@ -16,13 +18,15 @@ use std::ops::Range;
 #[derive(Debug, Clone)]
 struct Block {
     attn_norm: Tensor<1>,
-    /// Q, K and V projections stacked: `[hidden + 2 kv_dim, hidden]`.
-    qkv: Tensor<2>,
-    out: Tensor<2>,
+    attn_norm_host: Vec<f32>,
+    ffn_norm_host: Vec<f32>,
+    /// Q, K and V projections side by side: `hidden + 2 kv_dim` outputs.
+    qkv: Linear,
+    out: Linear,
     ffn_norm: Tensor<1>,
-    /// Gate and up projections stacked: `[2 ffn, hidden]`.
-    gate_up: Tensor<2>,
-    down: Tensor<2>,
+    /// Gate and up projections side by side: `2 ffn` outputs.
+    gate_up: Linear,
+    down: Linear,
 }
 
 /// Blocks `layers` of a Llama model, owning the KV cache of those blocks.
@@ -33,7 +37,8 @@ pub struct Blocks {
     config: LlamaConfig,
     kv: KvStore,
     device: Device,
-    linear: LinearKernel,
+    /// Whether blocks run on host buffers (the CPU backend) rather than burn tensors.
+    host: bool,
 }
 
 /// Root-mean-square norm over the last dimension, scaled by `weight`.
@@ -49,12 +54,14 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
 }
 
 impl Blocks {
-    /// Loads blocks `layers` from `file`; the KV cache may hold at most `kv_capacity_bytes`.
+    /// Loads blocks `layers` from `file`, multiplying under `numerics`; the KV cache
+    /// may hold at most `kv_capacity_bytes`.
     pub fn load(
         file: &GgufFile,
         config: &LlamaConfig,
         layers: Range<usize>,
         kv_capacity_bytes: u64,
+        numerics: Numerics,
         device: &Device,
         progress: LoadProgress,
     ) -> Result<Self, StageError> {
@@ -69,26 +76,23 @@ impl Blocks {
         let mut blocks = Vec::with_capacity(layers.len());
         for l in layers.clone() {
             let name = |t: &str| format!("blk.{l}.{t}.weight");
-            let q = matrix(file, &name("attn_q"), h, h, progress)?;
-            let k = matrix(file, &name("attn_k"), h, kv, progress)?;
-            let v = matrix(file, &name("attn_v"), h, kv, progress)?;
-            let gate = matrix(file, &name("ffn_gate"), h, f, progress)?;
-            let up = matrix(file, &name("ffn_up"), h, f, progress)?;
+            let (q, k, v) = (name("attn_q"), name("attn_k"), name("attn_v"));
+            let (gate, up) = (name("ffn_gate"), name("ffn_up"));
+            let linear = |names: &[(&str, usize)], input: usize, progress: LoadProgress| {
+                Linear::load(file, names, input, numerics, device, progress)
+            };
+            let attn_norm = vector(file, &name("attn_norm"), h, device, progress)?;
+            let ffn_norm = vector(file, &name("ffn_norm"), h, device, progress)?;
+            let host = |t: &Tensor<1>| t.to_data().try_to_vec::<f32>().expect("f32 norm");
             blocks.push(Block {
-                attn_norm: vector(file, &name("attn_norm"), h, device, progress)?,
-                qkv: stacked(vec![q, k, v], h, device),
-                out: stacked(
-                    vec![matrix(file, &name("attn_output"), h, h, progress)?],
-                    h,
-                    device,
-                ),
-                ffn_norm: vector(file, &name("ffn_norm"), h, device, progress)?,
-                gate_up: stacked(vec![gate, up], h, device),
-                down: stacked(
-                    vec![matrix(file, &name("ffn_down"), f, h, progress)?],
-                    f,
-                    device,
-                ),
+                attn_norm_host: host(&attn_norm),
+                ffn_norm_host: host(&ffn_norm),
+                attn_norm,
+                qkv: linear(&[(&q, h), (&k, kv), (&v, kv)], h, progress)?,
+                out: linear(&[(&name("attn_output"), h)], h, progress)?,
+                ffn_norm,
+                gate_up: linear(&[(&gate, f), (&up, f)], h, progress)?,
+                down: linear(&[(&name("ffn_down"), h)], f, progress)?,
             });
         }
         let bytes_per_token = config.kv_bytes_per_token_per_layer() * layers.len() as u64;
@@ -98,7 +102,7 @@ impl Blocks {
             config: config.clone(),
             kv: KvStore::new(bytes_per_token, kv_capacity_bytes),
             device: device.clone(),
-            linear: LinearKernel::for_device(device),
+            host: *device == Device::flex(),
         })
     }
 
@@ -132,9 +136,19 @@ impl Blocks {
         self.device.clone()
     }
 
-    /// Bytes of weights held.
+    /// Bytes of weights held: the matrices' block bytes as in the file, and the f32 norms.
     pub fn weight_bytes(&self) -> u64 {
-        self.config.block_params() * 4 * self.blocks.len() as u64
+        let norms = 2 * self.config.hidden as u64 * 4;
+        self.blocks
+            .iter()
+            .map(|b| {
+                norms
+                    + b.qkv.weight_bytes()
+                    + b.out.weight_bytes()
+                    + b.gate_up.weight_bytes()
+                    + b.down.weight_bytes()
+            })
+            .sum()
     }
 
     /// Runs the blocks over `hidden` (`[rows, hidden]`, the tokens of `chunks` stacked).
@@ -142,6 +156,17 @@ impl Blocks {
     /// Each chunk must continue its sequence's cache (or start at 0, which restarts
     /// it). Admission is all-or-nothing: on error nothing is changed.
     pub fn forward(
+        &mut self,
+        chunks: &[SeqChunk],
+        hidden: Tensor<2>,
+    ) -> Result<Tensor<2>, StageError> {
+        // On a worker of the pool the products split over, the calling thread takes
+        // its share of each product instead of waiting for it: one hand-over per
+        // stage call instead of one per product (a decode step has about 120).
+        rayon::scope(|_| self.forward_here(chunks, hidden))
+    }
+
+    fn forward_here(
         &mut self,
         chunks: &[SeqChunk],
         hidden: Tensor<2>,
@@ -177,26 +202,83 @@ impl Blocks {
             .iter()
             .flat_map(|c| c.start..c.start + c.len)
             .collect();
+        let mut states: Vec<_> = chunks
+            .iter()
+            .map(|c| self.kv.take(c.seq, c.start))
+            .collect();
+        let x = if self.host {
+            self.forward_host(chunks, hidden, &positions, &mut states)
+        } else {
+            self.forward_tensors(chunks, hidden, &positions, &mut states)
+        };
+        for (c, mut s) in chunks.iter().zip(states) {
+            s.tokens = c.start + c.len;
+            self.kv.put(c.seq, s);
+        }
+        x
+    }
+
+    /// The CPU path: every block on host `f32` buffers ([`host_block`]).
+    fn forward_host(
+        &self,
+        chunks: &[SeqChunk],
+        hidden: Tensor<2>,
+        positions: &[usize],
+        states: &mut [SequenceKv],
+    ) -> Result<Tensor<2>, StageError> {
+        let c = &self.config;
+        let rows = positions.len();
+        let mut x = hidden
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| StageError::Data(format!("{e:?}")))?;
+        let rope = HostRope::new(positions, c.head_dim, c.rope_base);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut caches: Vec<&mut HostLayerKv> = states
+                .iter_mut()
+                .map(|s| {
+                    if s.host.len() <= i {
+                        s.host.push(HostLayerKv::default());
+                    }
+                    &mut s.host[i]
+                })
+                .collect();
+            let normed = host_block::rms_norm(&x, &block.attn_norm_host, c.rms_eps);
+            let mut qkv = block.qkv.forward_host(normed, rows);
+            let attn = host_block::attention(c, &mut qkv, chunks, &rope, &mut caches);
+            host_block::add_assign(&mut x, &block.out.forward_host(attn, rows));
+            let normed = host_block::rms_norm(&x, &block.ffn_norm_host, c.rms_eps);
+            let gate_up = block.gate_up.forward_host(normed, rows);
+            let down = block
+                .down
+                .forward_host(host_block::swiglu(&gate_up, c.ffn), rows);
+            host_block::add_assign(&mut x, &down);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(x, [rows, c.hidden]),
+            &self.device,
+        ))
+    }
+
+    /// The path of other devices: every block as burn tensor operations.
+    fn forward_tensors(
+        &self,
+        chunks: &[SeqChunk],
+        hidden: Tensor<2>,
+        positions: &[usize],
+        states: &mut [SequenceKv],
+    ) -> Result<Tensor<2>, StageError> {
         let rope = RopeAngles::new(
-            &positions,
+            positions,
             self.config.head_dim,
             self.config.rope_base,
             &self.device,
         );
         let masks: Vec<Option<Tensor<3, Bool>>> =
             chunks.iter().map(|c| self.causal_mask(c)).collect();
-        let mut states: Vec<_> = chunks
-            .iter()
-            .map(|c| self.kv.take(c.seq, c.start))
-            .collect();
-
         let mut x = hidden;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(block, i, x, chunks, &rope, &masks, &mut states);
-        }
-        for (c, mut s) in chunks.iter().zip(states) {
-            s.tokens = c.start + c.len;
-            self.kv.put(c.seq, s);
+            x = self.block_forward(block, i, x, chunks, &rope, &masks, states);
         }
         Ok(x)
     }
@@ -230,7 +312,7 @@ impl Blocks {
         chunks: &[SeqChunk],
         rope: &RopeAngles,
         masks: &[Option<Tensor<3, Bool>>],
-        states: &mut [crate::kv_cache::SequenceKv],
+        states: &mut [SequenceKv],
     ) -> Tensor<2> {
         let c = &self.config;
         let rows = x.dims()[0];
@@ -238,7 +320,7 @@ impl Blocks {
         let group = c.n_heads / c.n_kv_heads;
 
         let normed = rms_norm(x.clone(), &block.attn_norm, c.rms_eps);
-        let qkv = self.linear.forward(normed, &block.qkv);
+        let qkv = block.qkv.forward(normed);
         let q = rope.apply(qkv.clone().narrow(1, 0, h).reshape([rows, c.n_heads, hd]));
         let k = rope.apply(
             qkv.clone()
@@ -300,12 +382,12 @@ impl Blocks {
         } else {
             Tensor::cat(outputs, 0)
         };
-        let x = x + self.linear.forward(attn, &block.out);
+        let x = x + block.out.forward(attn);
 
         let normed = rms_norm(x.clone(), &block.ffn_norm, c.rms_eps);
-        let gate_up = self.linear.forward(normed, &block.gate_up);
+        let gate_up = block.gate_up.forward(normed);
         let gate = gate_up.clone().narrow(1, 0, c.ffn);
         let up = gate_up.narrow(1, c.ffn, c.ffn);
-        x + self.linear.forward(silu(gate) * up, &block.down)
+        x + block.down.forward(silu(gate) * up)
     }
 }

@@ -28,6 +28,69 @@ pub struct LlamaConfig {
     pub context_length: usize,
     /// Whether the LM head reuses the token embedding (no `output.weight`).
     pub tied_embeddings: bool,
+    /// Bytes of the weights in the file, which stages hold as they are.
+    pub weights: WeightSizes,
+}
+
+/// Bytes of a model's weights as stored in its GGUF file (blocks stay encoded in
+/// memory, so these are also the bytes a stage holds on the CPU backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightSizes {
+    /// Bytes of each block's tensors (matrices and norms), by block index.
+    pub blocks: Vec<u64>,
+    /// Bytes of the token embedding table.
+    pub embed: u64,
+    /// Bytes of the final norm and, when not tied, of `output.weight`.
+    pub head: u64,
+    /// Whether the head reads the embedding table.
+    pub tied: bool,
+}
+
+impl WeightSizes {
+    /// Reads the tensor sizes of a Llama GGUF file with `n_layers` blocks.
+    pub fn from_gguf(file: &GgufFile, n_layers: usize) -> Result<Self, GgufError> {
+        let mut blocks = vec![0u64; n_layers];
+        let (mut embed, mut head, mut tied) = (0, 0, true);
+        for t in file.tensors() {
+            if let Some(rest) = t.name.strip_prefix("blk.") {
+                let layer = rest.split('.').next().and_then(|l| l.parse::<usize>().ok());
+                if let Some(b) = layer.and_then(|l| blocks.get_mut(l)) {
+                    *b += t.size_bytes;
+                }
+            } else if t.name == "token_embd.weight" {
+                embed = t.size_bytes;
+            } else if t.name == "output.weight" || t.name == "output_norm.weight" {
+                tied &= t.name != "output.weight";
+                head += t.size_bytes;
+            }
+        }
+        Ok(Self {
+            blocks,
+            embed,
+            head,
+            tied,
+        })
+    }
+
+    /// Bytes of every weight once (a tied table counted once).
+    pub fn total(&self) -> u64 {
+        self.blocks.iter().sum::<u64>() + self.embed + self.head
+    }
+
+    /// Bytes a stage of blocks `layers` holds, with the embedding table if `embed`
+    /// and the head if `head` (a tied head shares the table with an embed on the same stage).
+    pub fn stage(&self, layers: &std::ops::Range<usize>, embed: bool, head: bool) -> u64 {
+        let blocks: u64 = self
+            .blocks
+            .get(layers.clone())
+            .map_or(0, |b| b.iter().sum());
+        let table = if embed || (head && self.tied) {
+            self.embed
+        } else {
+            0
+        };
+        blocks + table + if head { self.head } else { 0 }
+    }
 }
 
 impl LlamaConfig {
@@ -97,6 +160,7 @@ impl LlamaConfig {
             vocab_size,
             context_length,
             tied_embeddings: !file.has_tensor("output.weight"),
+            weights: WeightSizes::from_gguf(file, n_layers)?,
         })
     }
 

@@ -9,6 +9,9 @@ pub enum StageError {
     /// Loading weights failed.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// A weight matrix cannot be computed from its blocks.
+    #[error(transparent)]
+    Quant(crate::quant::QuantError),
     /// KV admission failed; nothing of the batch was applied.
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -52,4 +55,14 @@ pub enum StageError {
     /// The backend failed to return data.
     #[error("tensor data: {0}")]
     Data(String),
+}
+
+impl From<crate::quant::QuantError> for StageError {
+    /// File errors stay file errors; the rest say why no kernel fits.
+    fn from(e: crate::quant::QuantError) -> Self {
+        match e {
+            crate::quant::QuantError::Gguf(g) => StageError::Gguf(g),
+            other => StageError::Quant(other),
+        }
+    }
 }

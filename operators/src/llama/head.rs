@@ -4,27 +4,29 @@ use super::batch::{SeqChunk, total_rows};
 use super::blocks::rms_norm;
 use super::config::LlamaConfig;
 use super::error::StageError;
-use super::linear::LinearKernel;
-use super::weights::{LoadProgress, matrix, vector};
+use super::linear::Linear;
+use super::weights::{LoadProgress, vector};
 use crate::gguf::GgufFile;
+use crate::quant::Numerics;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Final RMSNorm and the output projection (the embedding table when tied).
 #[derive(Debug, Clone)]
 pub struct Head {
     norm: Tensor<1>,
-    /// `[vocab, hidden]`.
-    output: Tensor<2>,
+    /// `vocab` outputs of `hidden` inputs.
+    output: Linear,
     eps: f32,
     hidden: usize,
-    linear: LinearKernel,
 }
 
 impl Head {
-    /// Loads `output_norm.weight` and `output.weight` (or `token_embd.weight` when tied).
+    /// Loads `output_norm.weight` and `output.weight` (or `token_embd.weight` when
+    /// tied: the same mapped bytes as the embedding's, not a second copy).
     pub fn load(
         file: &GgufFile,
         config: &LlamaConfig,
+        numerics: Numerics,
         device: &Device,
         progress: LoadProgress,
     ) -> Result<Self, StageError> {
@@ -33,17 +35,25 @@ impl Head {
         } else {
             "output.weight"
         };
-        let output = matrix(file, name, config.hidden, config.vocab_size, progress)?;
+        let output = Linear::load(
+            file,
+            &[(name, config.vocab_size)],
+            config.hidden,
+            numerics,
+            device,
+            progress,
+        )?;
         Ok(Self {
             norm: vector(file, "output_norm.weight", config.hidden, device, progress)?,
-            output: Tensor::from_data(
-                TensorData::new(output, [config.vocab_size, config.hidden]),
-                device,
-            ),
+            output,
             eps: config.rms_eps,
             hidden: config.hidden,
-            linear: LinearKernel::for_device(device),
         })
+    }
+
+    /// Bytes of weights held (the output matrix as in the file, and the f32 norm).
+    pub fn weight_bytes(&self) -> u64 {
+        self.output.weight_bytes() + self.hidden as u64 * 4
     }
 
     /// The device the weights live on.
@@ -75,9 +85,10 @@ impl Head {
                 Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.norm.device()),
             )
         };
-        Ok(self
-            .linear
-            .forward(rms_norm(last, &self.norm, self.eps), &self.output))
+        // On a pool worker, as `Blocks::forward` does: the caller takes a share.
+        Ok(rayon::scope(|_| {
+            self.output.forward(rms_norm(last, &self.norm, self.eps))
+        }))
     }
 
     /// Logits as rows of f32 on the host.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod head;
+pub mod host_block;
 pub mod linear;
 pub mod pipeline;
 pub mod rope;
@@ -13,13 +14,14 @@ pub mod weights;
 
 pub use batch::SeqChunk;
 pub use blocks::Blocks;
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, WeightSizes};
 pub use embed::Embed;
 pub use error::StageError;
 pub use head::Head;
 pub use pipeline::StagePipeline;
 
 use crate::gguf::GgufFile;
+use crate::quant::Numerics;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 use burn::tensor::Device;
 use std::ops::Range;
@@ -50,6 +52,8 @@ pub struct LlamaModel {
     pub config: LlamaConfig,
     /// The tokenizer from the file's metadata.
     pub tokenizer: TextTokenizer,
+    /// The arithmetic of the linear layers of every stage built from now on.
+    pub numerics: Numerics,
 }
 
 impl LlamaModel {
@@ -62,7 +66,14 @@ impl LlamaModel {
             file,
             config,
             tokenizer,
+            numerics: Numerics::default(),
         })
+    }
+
+    /// The same model, building its stages under `numerics`.
+    pub fn with_numerics(mut self, numerics: Numerics) -> Self {
+        self.numerics = numerics;
+        self
     }
 
     /// The model's name from `general.name` (or `model`).
@@ -92,6 +103,7 @@ impl LlamaModel {
             &self.config,
             layers,
             kv_capacity_bytes,
+            self.numerics,
             device,
             progress,
         )
@@ -103,7 +115,7 @@ impl LlamaModel {
         device: &Device,
         progress: weights::LoadProgress,
     ) -> Result<Head, StageError> {
-        Head::load(&self.file, &self.config, device, progress)
+        Head::load(&self.file, &self.config, self.numerics, device, progress)
     }
 
     /// Builds embed, one `Blocks` stage per range of `splits` and the head, all on `device`.
@@ -124,12 +136,10 @@ impl LlamaModel {
         Ok(StagePipeline::new(embed, blocks, head))
     }
 
-    /// Bytes of f32 weights a full pipeline loads (for progress bars).
-    pub fn f32_weight_bytes(&self) -> u64 {
-        let c = &self.config;
-        let table = (c.vocab_size * c.hidden * 4) as u64;
-        let head = if c.tied_embeddings { table } else { 2 * table };
-        head + c.block_params() * 4 * c.n_layers as u64 + c.hidden as u64 * 4
+    /// Bytes of weights a full pipeline holds: the tensors' bytes in the file
+    /// (the tied embedding once), for progress bars and memory checks.
+    pub fn weight_bytes(&self) -> u64 {
+        self.config.weights.total()
     }
 }
 
