@@ -7,26 +7,29 @@ use burn::tensor::{Device, Tensor};
 use std::time::Instant;
 use tokenflow_planner::profile::{LayerProfile, MeasuredStageTime, ModelProfile, Phase};
 
-/// Static profile of a model as executed here (f32 weights).
+/// Static profile of a model as executed here: weights held as the file's bytes
+/// (blocks stay encoded in memory), FLOPs and KV from the shape.
 pub fn static_profile(name: &str, config: &LlamaConfig) -> ModelProfile {
     let h = config.hidden as u64;
     let matmul_params = config.block_params() - 2 * h;
-    let layer = LayerProfile {
-        param_bytes: config.block_params() * 4,
-        flops_per_token: 2.0 * matmul_params as f64,
-        attention_flops_per_context_token: 4.0 * (config.n_heads * config.head_dim) as f64,
-        activation_bytes_per_token: h * 4,
-        kv_bytes_per_token: config.kv_bytes_per_token_per_layer(),
-    };
-    let table = h * config.vocab_size as u64 * 4;
+    let w = &config.weights;
+    let layers = (0..config.n_layers)
+        .map(|l| LayerProfile {
+            param_bytes: w.blocks.get(l).copied().unwrap_or(0),
+            flops_per_token: 2.0 * matmul_params as f64,
+            attention_flops_per_context_token: 4.0 * (config.n_heads * config.head_dim) as f64,
+            activation_bytes_per_token: h * 4,
+            kv_bytes_per_token: config.kv_bytes_per_token_per_layer(),
+        })
+        .collect();
     ModelProfile {
         name: name.to_string(),
         hidden_size: config.hidden as u32,
         vocab_size: config.vocab_size as u32,
-        embed_param_bytes: table,
-        head_param_bytes: h * 4 + if config.tied_embeddings { 0 } else { table },
-        head_flops_per_token: 2.0 * table as f64 / 4.0,
-        layers: vec![layer; config.n_layers],
+        embed_param_bytes: w.embed,
+        head_param_bytes: w.head,
+        head_flops_per_token: 2.0 * (h * config.vocab_size as u64) as f64,
+        layers,
         measured: Vec::new(),
     }
 }

@@ -23,7 +23,36 @@ pub struct LlamaShape {
     pub vocab: u32,
     /// Bytes per parameter and per cached value (2 for FP16).
     pub dtype_bytes: u32,
+    /// How the weights are stored (activations and KV stay at `dtype_bytes`).
+    pub format: WeightFormat,
 }
+
+/// The storage of a preset's weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// `dtype_bytes` per parameter.
+    Dense,
+    /// llama.cpp's `Q4_K_M` mix (`llama-quant.cpp`): `Q4_K` (4.5 bits per weight)
+    /// everywhere, `Q6_K` (6.5625 bits) for `output.weight` and for `attn_v` and
+    /// `ffn_down` of the layers `use_more_bits` picks (the first and last eighth
+    /// and every third in between), and `Q5_K` (5.5 bits) for the other `attn_v`
+    /// of models whose KV heads are shared by 8 query heads (the 70B rule). Norms stay f32.
+    Q4KM,
+}
+
+/// Bytes of `params` weights of a GGUF block type with `block_bytes` per 256 weights.
+fn k_quant_bytes(params: u64, block_bytes: u64) -> u64 {
+    params.div_ceil(256) * block_bytes
+}
+
+/// llama.cpp's `use_more_bits(i, n)`.
+fn use_more_bits(i: u64, n: u64) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+const Q4_K: u64 = 144;
+const Q5_K: u64 = 176;
+const Q6_K: u64 = 210;
 
 impl LlamaShape {
     /// The per-layer and whole-model profile of this shape.
@@ -35,22 +64,52 @@ impl LlamaShape {
         let attn_params = 2 * h * h + 2 * h * kv_dim;
         let mlp_params = 3 * h * self.intermediate as u64;
         let params = attn_params + mlp_params + 2 * h;
-        let layer = LayerProfile {
-            param_bytes: params * b,
-            flops_per_token: 2.0 * (attn_params + mlp_params) as f64,
-            attention_flops_per_context_token: 4.0 * h as f64,
-            activation_bytes_per_token: h * b,
-            kv_bytes_per_token: 2 * kv_dim * b,
-        };
         let v = self.vocab as u64;
+        let n = self.layers as u64;
+        let layer = |i: u64| {
+            let param_bytes = match self.format {
+                WeightFormat::Dense => params * b,
+                WeightFormat::Q4KM => {
+                    let more = use_more_bits(i, n);
+                    let v_type = if more {
+                        Q6_K
+                    } else if self.heads / self.kv_heads >= 8 {
+                        Q5_K
+                    } else {
+                        Q4_K
+                    };
+                    let down = if more { Q6_K } else { Q4_K };
+                    k_quant_bytes(
+                        2 * h * h + h * kv_dim + 2 * h * self.intermediate as u64,
+                        Q4_K,
+                    ) + k_quant_bytes(h * kv_dim, v_type)
+                        + k_quant_bytes(h * self.intermediate as u64, down)
+                        + 2 * h * 4
+                }
+            };
+            LayerProfile {
+                param_bytes,
+                flops_per_token: 2.0 * (attn_params + mlp_params) as f64,
+                attention_flops_per_context_token: 4.0 * h as f64,
+                activation_bytes_per_token: h * b,
+                kv_bytes_per_token: 2 * kv_dim * b,
+            }
+        };
+        let (embed, head) = match self.format {
+            WeightFormat::Dense => (v * h * b, v * h * b + h * b),
+            WeightFormat::Q4KM => (
+                k_quant_bytes(v * h, Q4_K),
+                k_quant_bytes(v * h, Q6_K) + h * 4,
+            ),
+        };
         ModelProfile {
             name: name.to_string(),
             hidden_size: self.hidden,
             vocab_size: self.vocab,
-            embed_param_bytes: v * h * b,
-            head_param_bytes: v * h * b + h * b,
+            embed_param_bytes: embed,
+            head_param_bytes: head,
             head_flops_per_token: 2.0 * (v * h) as f64,
-            layers: vec![layer; self.layers as usize],
+            layers: (0..n).map(layer).collect(),
             measured: Vec::new(),
         }
     }
@@ -70,6 +129,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             kv_heads: 8,
             vocab: 32000,
             dtype_bytes: 2,
+            format: WeightFormat::Dense,
         },
     ),
     // meta-llama/Meta-Llama-3-8B config.json: 32 layers, hidden 4096, intermediate 14336,
@@ -84,6 +144,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             kv_heads: 8,
             vocab: 128256,
             dtype_bytes: 2,
+            format: WeightFormat::Dense,
         },
     ),
     // LLaMA-1 30B (a.k.a. 33B), Touvron et al. 2023 table 2 and the HF conversion's
@@ -98,11 +159,40 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             kv_heads: 52,
             vocab: 32000,
             dtype_bytes: 2,
+            format: WeightFormat::Dense,
+        },
+    ),
+    // The same shapes as GGUF files quantized by llama.cpp to Q4_K_M, the most
+    // downloaded GGUF variant (e.g. TheBloke/Llama-2-70B-GGUF's 41.42 GB file).
+    (
+        "Llama-2-70B-Q4_K_M",
+        LlamaShape {
+            layers: 80,
+            hidden: 8192,
+            intermediate: 28672,
+            heads: 64,
+            kv_heads: 8,
+            vocab: 32000,
+            dtype_bytes: 2,
+            format: WeightFormat::Q4KM,
+        },
+    ),
+    (
+        "Llama-3-8B-Q4_K_M",
+        LlamaShape {
+            layers: 32,
+            hidden: 4096,
+            intermediate: 14336,
+            heads: 32,
+            kv_heads: 8,
+            vocab: 128256,
+            dtype_bytes: 2,
+            format: WeightFormat::Q4KM,
         },
     ),
 ];
 
-/// The profile of a preset, by name (case-insensitive, `-`/`_` ignored), in FP16.
+/// The profile of a preset, by name (case-insensitive, `-`/`_` ignored).
 pub fn model(name: &str) -> Result<ModelProfile, PlanError> {
     let key = |s: &str| s.to_lowercase().replace(['-', '_', ' '], "");
     PRESETS
@@ -194,6 +284,22 @@ mod tests {
             let p = m.total_param_bytes() as f64 / 2.0;
             assert!((p / params - 1.0).abs() < 0.01, "{name}: {p} vs {params}");
         }
+    }
+
+    #[test]
+    fn quantized_presets_have_the_bytes_of_their_gguf_files() {
+        // TheBloke/Llama-2-70B-GGUF, llama-2-70b.Q4_K_M.gguf: 41.42 GB.
+        let m = model("Llama-2-70B-Q4_K_M").unwrap();
+        let bytes = m.embed_param_bytes
+            + m.head_param_bytes
+            + m.layers.iter().map(|l| l.param_bytes).sum::<u64>();
+        assert!((bytes as f64 / 41.42e9 - 1.0).abs() < 0.01, "{bytes}");
+        let fp16 = model("Llama-2-70B").unwrap();
+        assert_eq!(
+            m.layers[0].kv_bytes_per_token,
+            fp16.layers[0].kv_bytes_per_token
+        );
+        assert!(m.layers[0].param_bytes < fp16.layers[0].param_bytes / 3);
     }
 
     #[test]

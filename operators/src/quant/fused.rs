@@ -47,6 +47,8 @@ pub fn fused(kernels: KernelSet, ty: GgmlType, numerics: Numerics) -> Option<Fus
 }
 
 #[cfg(target_arch = "x86_64")]
+// Index loops run over the `N` input rows of several operand arrays at once.
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::{Activations, GroupSum};
     use crate::quant::decode::LANES;
@@ -135,7 +137,7 @@ mod x86 {
     fn check(row: usize, block: usize, xs: &[usize], need: &[usize]) {
         let groups = row / block;
         assert!(
-            row % block == 0
+            row.is_multiple_of(block)
                 && xs
                     .iter()
                     .zip(need)
@@ -166,8 +168,8 @@ mod x86 {
         let groups = row.len() / 20;
         let p = row.as_ptr();
         let mut acc = [_mm512_setzero_ps(); N];
-        let mut ma = [0f32; N];
-        let mut mb = [0f32; N];
+        // The minimum terms of a group pair, `[m_g·s_g, m_g+1·s_g+1]`, in two lanes.
+        let mut macc = [_mm_setzero_ps(); N];
         let mut g = 0;
         // SAFETY (every access below): `g + 2 ≤ groups` (or `g < groups` in the
         // tail) and the lengths were checked against `groups`.
@@ -181,23 +183,23 @@ mod x86 {
                 );
                 let dw =
                     _mm512_insertf32x8::<1>(_mm512_broadcastss_ps(ha), _mm256_broadcastss_ps(hb));
-                let (m_a, m_b) = (
-                    _mm_cvtss_f32(_mm_movehdup_ps(ha)),
-                    _mm_cvtss_f32(_mm_movehdup_ps(hb)),
-                );
+                // [m_a, m_b, ·, ·] from [d_a, d_b, m_a, m_b]
+                let u = _mm_unpacklo_ps(ha, hb);
+                let m = _mm_movehl_ps(u, u);
                 for r in 0..N {
                     let x = _mm512_loadu_epi8(xq[r].as_ptr().add(g * 32));
                     let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
                     let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xdl[r].as_ptr().add(g * LANES)));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
-                    ma[r] += m_a * s[r][g];
-                    mb[r] += m_b * s[r][g + 1];
+                    let sums = _mm_castpd_ps(_mm_load_sd(s[r].as_ptr().add(g) as *const f64));
+                    macc[r] = _mm_fmadd_ps(m, sums, macc[r]);
                 }
                 g += 2;
             }
             let mut out = [0f32; N];
             for r in 0..N {
-                out[r] = _mm512_reduce_add_ps(acc[r]) + ma[r] + mb[r];
+                let m = _mm_add_ss(macc[r], _mm_movehdup_ps(macc[r]));
+                out[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(m);
             }
             if g < groups {
                 let a = p.add(g * 20);
@@ -244,8 +246,8 @@ mod x86 {
         let p = row.as_ptr();
         let flip = _mm512_set1_epi8(-128);
         let mut acc = [_mm512_setzero_ps(); N];
-        let mut ca = [0f32; N];
-        let mut cb = [0f32; N];
+        // `[d_g·s_g, d_g+1·s_g+1]` in two lanes.
+        let mut cacc = [_mm_setzero_ps(); N];
         let mut g = 0;
         // SAFETY: as in `q4_1_q8`.
         unsafe {
@@ -260,20 +262,22 @@ mod x86 {
                 );
                 let dw =
                     _mm512_insertf32x8::<1>(_mm512_broadcastss_ps(ha), _mm256_broadcastss_ps(hb));
-                let (d_a, d_b) = (_mm_cvtss_f32(ha), _mm_cvtss_f32(hb));
+                // [d_a, d_b, ·, ·]
+                let d = _mm_unpacklo_ps(ha, hb);
                 for r in 0..N {
                     let x = _mm512_loadu_epi8(xq[r].as_ptr().add(g * 32));
                     let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
                     let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xdl[r].as_ptr().add(g * LANES)));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
-                    ca[r] += d_a * s[r][g];
-                    cb[r] += d_b * s[r][g + 1];
+                    let sums = _mm_castpd_ps(_mm_load_sd(s[r].as_ptr().add(g) as *const f64));
+                    cacc[r] = _mm_fmadd_ps(d, sums, cacc[r]);
                 }
                 g += 2;
             }
             let mut out = [0f32; N];
             for r in 0..N {
-                out[r] = _mm512_reduce_add_ps(acc[r]) - 128.0 * (ca[r] + cb[r]);
+                let c = _mm_add_ss(cacc[r], _mm_movehdup_ps(cacc[r]));
+                out[r] = _mm512_reduce_add_ps(acc[r]) - 128.0 * _mm_cvtss_f32(c);
             }
             if g < groups {
                 let d = _mm_cvtss_f32(header(p.add(g * 34)));
