@@ -60,6 +60,8 @@ fn engine_tokens_equal_the_reference_for_every_plan() {
         let plan = Plan::from_stages("test", &c, 30, "SmolLM2", &stages);
         let mut options = EngineOptions {
             router: RouterKind::RoundRobin,
+            // The numpy reference is f32.
+            numerics: tokenflow_operators::quant::Numerics::Exact,
             ..EngineOptions::default()
         };
         if emulate {

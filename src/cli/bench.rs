@@ -166,6 +166,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => b.inc(1),
     });
+    eprintln!(
+        "numerics {}, {} kernels",
+        setup.options.numerics,
+        tokenflow_operators::quant::KernelSet::detect().name()
+    );
     let with_failures = !setup.options.failures.is_empty();
     let spec = setup.run_spec(requests.clone(), arrivals.clone());
     // With failures injected, first the same load without them: the answers must

@@ -11,6 +11,7 @@ use tokenflow_engine::dataflow::{
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::llama::parse_splits;
 use tokenflow_operators::profile::static_profile;
+use tokenflow_operators::quant::Numerics;
 use tokenflow_planner::{Cluster, Plan, PlanOptions, plan_with};
 
 use super::generate::{DEFAULT_MODEL, resolve_model};
@@ -34,6 +35,10 @@ pub struct EngineArgs {
     /// GGUF model file (the default is fetched if missing).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
+    /// Arithmetic of the linear layers: `exact` (f32 activations) or `q8` (8-bit
+    /// activations and integer dot products, as llama.cpp).
+    #[arg(long, default_value_t = Numerics::default())]
+    pub numerics: Numerics,
     /// Cluster file to emulate (the planner's format), e.g. `examples/clusters/hetero-4.toml`.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
@@ -227,6 +232,7 @@ impl EngineArgs {
             failures,
             heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
             suspect_after: std::time::Duration::from_millis(self.suspect_ms),
+            numerics: self.numerics,
             ..EngineOptions::default()
         };
         let communication = match (&self.hostfile, self.process) {

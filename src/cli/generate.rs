@@ -50,8 +50,8 @@ pub struct GenerateArgs {
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Arithmetic of the linear layers: `q8` (8-bit activations, integer dot
-    /// products, as llama.cpp) or `exact` (f32 activations).
+    /// Arithmetic of the linear layers: `exact` (f32 activations) or `q8` (8-bit
+    /// activations and integer dot products, as llama.cpp).
     #[arg(long, default_value_t = Numerics::default())]
     pub numerics: Numerics,
 }
@@ -104,25 +104,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .context("--stages")?,
         None => even_splits(model.config.n_layers, 1),
     };
-    eprintln!(
-        "RSS open {}",
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmRSS"))
-            .unwrap()
-    );
     let load_start = Instant::now();
     let pipeline = load_pipeline(&model, &splits, 1 << 30)?;
     let load_time = load_start.elapsed();
-    eprintln!(
-        "RSS load {}",
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmRSS"))
-            .unwrap()
-    );
     let text = if args.chat {
         render_user_prompt(&args.prompt)
     } else {

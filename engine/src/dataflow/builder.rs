@@ -34,6 +34,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokenflow_operators::quant::Numerics;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
@@ -124,6 +125,9 @@ pub struct EngineOptions {
     /// Tokens already logged per resumed request: their new tokens are logged
     /// after these, and their submissions are not logged again.
     pub resumed: BTreeMap<SeqId, usize>,
+    /// Arithmetic of the linear layers when [`super::runner::run`] opens the model
+    /// (a model given to [`InferenceDataflow`] keeps its own).
+    pub numerics: Numerics,
 }
 
 impl Default for EngineOptions {
@@ -142,6 +146,7 @@ impl Default for EngineOptions {
             stall_timeout: Duration::from_secs(30),
             token_log: None,
             resumed: BTreeMap::new(),
+            numerics: Numerics::default(),
         }
     }
 }

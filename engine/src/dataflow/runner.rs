@@ -169,7 +169,9 @@ pub fn run(
     observer: Option<EventObserver>,
 ) -> Result<Option<RunOutcome>, EngineError> {
     let model = Arc::new(
-        LlamaModel::open(&spec.model_path).map_err(|e| EngineError::Model(e.to_string()))?,
+        LlamaModel::open(&spec.model_path)
+            .map_err(|e| EngineError::Model(e.to_string()))?
+            .with_numerics(spec.options.numerics),
     );
     let peers = spec.communication.peers();
     let engine = Arc::new(InferenceDataflow::new(

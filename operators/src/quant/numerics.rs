@@ -9,11 +9,12 @@ use std::str::FromStr;
 #[serde(rename_all = "lowercase")]
 pub enum Numerics {
     /// f32 activations times weights expanded to f32: the same values as an f32
-    /// pass over the dequantized file, within f32 rounding.
+    /// pass over the dequantized file, within f32 rounding (the default: it gives
+    /// the independent f32 reference's answers).
+    #[default]
     Exact,
     /// Activations quantized to 8-bit blocks of 32 (an f16 scale each) once per
     /// input, and integer dot products with the weights' quants, as llama.cpp does.
-    #[default]
     Q8,
 }
 
