@@ -39,20 +39,12 @@ pub struct HostRope {
 impl HostRope {
     /// Angles for tokens at `positions`, heads of width `head_dim`, frequency base `base`.
     pub fn new(positions: &[usize], head_dim: usize, base: f32) -> Self {
-        let pairs = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..pairs)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(positions.len() * pairs);
-        let mut sin = Vec::with_capacity(positions.len() * pairs);
-        for &p in positions {
-            for f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        let (cos, sin) = super::rope::angles(positions, head_dim, base);
+        Self {
+            cos,
+            sin,
+            pairs: head_dim / 2,
         }
-        Self { cos, sin, pairs }
     }
 
     /// Rotates the adjacent pairs of every head of row `row` of `heads` (`[heads, head_dim]`).

@@ -6,6 +6,25 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+/// Cosines and sines of the rotation angles of tokens at `positions`, heads of
+/// width `head_dim`, frequency base `base`: `[positions, head_dim / 2]` each.
+pub fn angles(positions: &[usize], head_dim: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let pairs = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..pairs)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions.len() * pairs);
+    let mut sin = Vec::with_capacity(positions.len() * pairs);
+    for &p in positions {
+        for f in &inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
 /// Cosines and sines of the rotation angles of a batch's rows.
 #[derive(Debug, Clone)]
 pub struct RopeAngles {
@@ -17,18 +36,7 @@ impl RopeAngles {
     /// Angles for tokens at `positions`, heads of width `head_dim`, frequency base `base`.
     pub fn new(positions: &[usize], head_dim: usize, base: f32, device: &Device) -> Self {
         let pairs = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..pairs)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(positions.len() * pairs);
-        let mut sin = Vec::with_capacity(positions.len() * pairs);
-        for &p in positions {
-            for f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = angles(positions, head_dim, base);
         let shape = [positions.len(), 1, pairs, 1];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
