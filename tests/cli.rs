@@ -75,7 +75,8 @@ fn bad_inputs_are_reported_not_panicked() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("layer range"), "{stderr}");
+    assert!(stderr.contains("--stages"), "{stderr}");
+    assert!(stderr.contains("blocks 2..3 are in no stage"), "{stderr}");
 }
 
 #[test]

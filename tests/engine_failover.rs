@@ -189,7 +189,8 @@ fn chaos_many_requests_random_kills_and_returns() {
         Duration::from_millis(60),
         Duration::from_secs(3),
         7,
-    );
+    )
+    .unwrap();
     assert!(
         failures.outages.len() >= 8,
         "{} outages",

@@ -96,6 +96,7 @@ impl DirectGenerator {
     /// is refused here, before anything is queued.
     pub fn submit(&mut self, request: Request) -> Result<(), StageError> {
         self.pipeline.check_prompt(request.id, &request.prompt)?;
+        request.sampling.validate()?;
         let log = TokenLog {
             prompt: request.prompt.clone(),
             generated: Vec::new(),
@@ -132,12 +133,22 @@ impl DirectGenerator {
             };
             self.running.push(run);
         }
+        // The stop rule of the engine's sequencer: a request for no tokens ends
+        // before any compute (a resumed request whose tokens were all logged).
+        let mut events = Vec::new();
+        while let Some(idx) = self.running.iter().position(|r| r.request.max_tokens == 0) {
+            let run = self.running.remove(idx);
+            events.push(TokenEvent::Finished {
+                seq: run.request.id,
+                reason: FinishReason::Length,
+                log: run.log,
+            });
+        }
         let (chunks, tokens, owners) = self.schedule()?;
         if chunks.is_empty() {
-            return Ok(Vec::new());
+            return Ok(events);
         }
         let logits = Head::to_rows(self.pipeline.forward(&chunks, &tokens)?)?;
-        let mut events = Vec::new();
         let mut finished = Vec::new();
         for ((chunk, idx), row) in chunks.iter().zip(owners).zip(logits) {
             let run = &mut self.running[idx];

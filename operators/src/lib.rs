@@ -18,5 +18,5 @@ pub use kv_cache::SeqId;
 pub use llama::{
     Blocks, Embed, Head, LlamaConfig, LlamaModel, ModelError, SeqChunk, StageError, StagePipeline,
 };
-pub use sampler::SamplingParams;
+pub use sampler::{SamplingError, SamplingField, SamplingParams};
 pub use tokenizer::TextTokenizer;

@@ -41,10 +41,104 @@ impl SamplingParams {
         }
     }
 
+    /// Sampling parameters, each checked: `temperature` finite and at least 0
+    /// (0 is greedy), `top_p` in (0, 1], `repetition_penalty` finite and
+    /// positive. `top_k` and `seed` take any value (`top_k` 0 is off).
+    pub fn new(
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+    ) -> Result<Self, SamplingError> {
+        let params = Self {
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+
+    /// Checks the ranges of [`SamplingParams::new`] (for parameters built
+    /// field by field, or read from a file or a request body).
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let bad = |field, value, requirement: &str| {
+            Err(SamplingError {
+                field,
+                value,
+                requirement: requirement.into(),
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                SamplingField::Temperature,
+                self.temperature,
+                "finite and at least 0 (0 is greedy)",
+            );
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(SamplingField::TopP, self.top_p, "in (0, 1] (1 is off)");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(
+                SamplingField::RepetitionPenalty,
+                self.repetition_penalty,
+                "finite and positive (1 is off)",
+            );
+        }
+        Ok(())
+    }
+
     /// Whether the choice is deterministic argmax.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+}
+
+/// Which sampling parameter an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SamplingField {
+    /// `temperature`.
+    Temperature,
+    /// `top_p`.
+    TopP,
+    /// `repetition_penalty`.
+    RepetitionPenalty,
+}
+
+impl SamplingField {
+    /// The command-line option that sets it (`--top-p`).
+    pub fn option(self) -> &'static str {
+        match self {
+            SamplingField::Temperature => "--temperature",
+            SamplingField::TopP => "--top-p",
+            SamplingField::RepetitionPenalty => "--repetition-penalty",
+        }
+    }
+
+    /// Its name in request bodies and files (`top_p`, as in the OpenAI API).
+    pub fn field(self) -> &'static str {
+        match self {
+            SamplingField::Temperature => "temperature",
+            SamplingField::TopP => "top_p",
+            SamplingField::RepetitionPenalty => "repetition_penalty",
+        }
+    }
+}
+
+/// A sampling parameter out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[error("{} (`{}`) = {value}: must be {requirement}", field.option(), field.field())]
+pub struct SamplingError {
+    /// The parameter.
+    pub field: SamplingField,
+    /// The value given.
+    pub value: f32,
+    /// The allowed range.
+    pub requirement: String,
 }
 
 /// Index of the largest value (the lowest index among equals).
@@ -124,6 +218,30 @@ pub fn sample(params: &SamplingParams, logits: &[f32], history: &[u32], position
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_parameters_are_refused_by_name() {
+        for (t, p, r, field) in [
+            (f32::NAN, 1.0, 1.0, SamplingField::Temperature),
+            (-0.1, 1.0, 1.0, SamplingField::Temperature),
+            (f32::INFINITY, 1.0, 1.0, SamplingField::Temperature),
+            (1.0, 0.0, 1.0, SamplingField::TopP),
+            (1.0, 1.5, 1.0, SamplingField::TopP),
+            (1.0, f32::NAN, 1.0, SamplingField::TopP),
+            (1.0, 1.0, 0.0, SamplingField::RepetitionPenalty),
+            (1.0, 1.0, -2.0, SamplingField::RepetitionPenalty),
+            (1.0, 1.0, f32::INFINITY, SamplingField::RepetitionPenalty),
+        ] {
+            let e = SamplingParams::new(t, 0, p, r, 0).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(field.option()), "{e}");
+        }
+        assert_eq!(
+            SamplingParams::new(0.0, 0, 1.0, 1.0, 0).unwrap(),
+            SamplingParams::greedy()
+        );
+        assert!(SamplingParams::new(0.7, 40, 0.9, 1.1, 3).is_ok());
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

@@ -289,3 +289,12 @@ proptest! {
         let _ = GgufFile::from_bytes(image).map(|f| f.tensors().len());
     }
 }
+
+#[test]
+fn a_directory_is_named_as_one() {
+    let dir = std::env::temp_dir();
+    let e = GgufFile::open(&dir).unwrap_err();
+    assert!(matches!(e, GgufError::NotAFile { .. }), "{e}");
+    assert!(e.to_string().contains("is a directory"), "{e}");
+    assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+}

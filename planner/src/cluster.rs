@@ -1,6 +1,13 @@
 //! Clusters: nodes with GPU kinds, sites, regions, providers and availability,
 //! and the links between them. Read from TOML or JSON ([`ClusterSpec`]) and
-//! resolved into a [`Cluster`] with one link per node pair.
+//! resolved into a [`Cluster`] that gives a link for every node pair.
+//!
+//! Links are not stored per pair: a resolved cluster keeps the rules (node,
+//! site and region entries, defaults, home-link caps) and [`Cluster::link`]
+//! applies them on each call, so memory grows with the nodes and the entries,
+//! not with their square. Resolution checks that every pair has a link without
+//! visiting every pair, and refuses a node count whose nodes cannot fit in
+//! memory ([`PlanError::TooLarge`]) before expanding it.
 //!
 //! Example (TOML):
 //! ```toml
@@ -28,13 +35,14 @@
 //! bandwidth_gbps = 0.5
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::availability::{Availability, AvailabilitySpec};
-use crate::error::{PlanError, non_negative, positive};
+use crate::error::{PlanError, available_memory, check_fits, non_negative, positive};
 use crate::gpu_catalog::{GpuCatalog, GpuKind};
 
 /// Who runs a node: one provider's rack, or a community member's machine.
@@ -202,15 +210,336 @@ pub struct Node {
     pub downlink_bps: Option<f64>,
 }
 
-/// A resolved cluster: nodes and a full link matrix.
+/// A resolved cluster: nodes and the link rules between them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     /// Scenario name.
     pub name: String,
     /// Nodes in file order.
     pub nodes: Vec<Node>,
-    links: Vec<Link>,
+    links: Links,
     index: HashMap<String, usize>,
+}
+
+/// A multiply-rotate hasher (FxHash's) for the integer keys of the link tables;
+/// they are looked up, never iterated into results.
+#[derive(Default, Clone, Copy)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A map keyed by an unordered pair of indices ([`pair`]).
+type PairMap<V> = HashMap<u64, V, BuildHasherDefault<PairHasher>>;
+
+/// The key of an unordered pair of indices.
+fn pair(a: u32, b: u32) -> u64 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    ((lo as u64) << 32) | hi as u64
+}
+
+fn unpair(k: u64) -> (u32, u32) {
+    ((k >> 32) as u32, k as u32)
+}
+
+/// The link rules of a resolved cluster, applied per pair on demand: O(nodes +
+/// entries) memory where a matrix would take O(nodes²) (10,000 nodes: 1.6 GB).
+#[derive(Debug, Clone, PartialEq)]
+struct Links {
+    /// Per node: what its links depend on.
+    ends: Vec<End>,
+    /// `[[links]]` entries by node pair, site pair and region pair.
+    by_node: PairMap<Link>,
+    by_site: PairMap<Link>,
+    by_region: PairMap<Link>,
+    intra_site: Option<Link>,
+    inter_site: Option<Link>,
+    inter_region: Option<Link>,
+    /// With at most [`REGION_TABLE`] regions: the link between two sites of
+    /// regions `a` and `b` that no site entry names, at `a * regions + b`
+    /// (a region entry, or the default); empty otherwise.
+    between_regions: Vec<Option<Link>>,
+    regions: usize,
+    /// No node or site entries, and the region table: every link is a default
+    /// or a region entry.
+    plain: bool,
+}
+
+/// Most regions for which [`Links`] tabulates the links between regions.
+const REGION_TABLE: usize = 256;
+
+/// A node as its links see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct End {
+    /// Its site, interned in first-seen order.
+    site: u32,
+    /// Its region, interned in first-seen order.
+    region: u32,
+    /// Home-link upload cap, bytes/s (infinite: none).
+    up: f64,
+    /// Home-link download cap, bytes/s (infinite: none).
+    down: f64,
+}
+
+impl Links {
+    fn new(
+        ends: Vec<End>,
+        by_node: PairMap<Link>,
+        by_site: PairMap<Link>,
+        by_region: PairMap<Link>,
+        defaults: [Option<Link>; 3],
+    ) -> Links {
+        let [intra_site, inter_site, inter_region] = defaults;
+        let regions = ends
+            .iter()
+            .map(|e| e.region as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut links = Links {
+            ends,
+            by_node,
+            by_site,
+            by_region,
+            intra_site,
+            inter_site,
+            inter_region,
+            between_regions: Vec::new(),
+            regions,
+            plain: false,
+        };
+        if regions <= REGION_TABLE {
+            links.between_regions = (0..regions * regions)
+                .map(|k| links.region_rule((k / regions) as u32, (k % regions) as u32))
+                .collect();
+            links.plain = links.by_node.is_empty() && links.by_site.is_empty();
+        }
+        links
+    }
+
+    /// The link between sites of regions `ri` and `rj` without a site entry.
+    fn region_rule(&self, ri: u32, rj: u32) -> Option<Link> {
+        match self.by_region.get(&pair(ri, rj)) {
+            Some(&l) => Some(l),
+            None if ri == rj => self.inter_site,
+            None => self.inter_region,
+        }
+    }
+
+    /// The link between distinct nodes `i` and `j` before home-link caps, by
+    /// the file's rules: a node entry, then a site entry (the site with itself
+    /// within a site), then a region entry (between sites), then the default
+    /// for the pair's relation. `None`: no rule covers the pair.
+    #[inline]
+    fn base(&self, i: usize, j: usize) -> Option<Link> {
+        if !self.by_node.is_empty()
+            && let Some(&l) = self.by_node.get(&pair(i as u32, j as u32))
+        {
+            return Some(l);
+        }
+        let (a, b) = (&self.ends[i], &self.ends[j]);
+        if !self.by_site.is_empty()
+            && let Some(&l) = self.by_site.get(&pair(a.site, b.site))
+        {
+            return Some(l);
+        }
+        if a.site == b.site {
+            return self.intra_site;
+        }
+        if self.between_regions.is_empty() {
+            self.region_rule(a.region, b.region)
+        } else {
+            self.between_regions[a.region as usize * self.regions + b.region as usize]
+        }
+    }
+
+    /// The link from node `i` to node `j`, with home links capping what leaves
+    /// `i` and what reaches `j` when they are on different sites.
+    #[inline]
+    fn get(&self, i: usize, j: usize) -> Option<Link> {
+        let (a, b) = (&self.ends[i], &self.ends[j]);
+        if self.plain {
+            // The common case, without hashing: a site, or a pair of regions.
+            if a.site == b.site {
+                return self.intra_site;
+            }
+            let mut link =
+                self.between_regions[a.region as usize * self.regions + b.region as usize]?;
+            link.bandwidth_bps = link.bandwidth_bps.min(a.up).min(b.down);
+            return Some(link);
+        }
+        let mut link = self.base(i, j)?;
+        if a.site != b.site {
+            link.bandwidth_bps = link.bandwidth_bps.min(a.up).min(b.down);
+        }
+        Some(link)
+    }
+
+    /// A pair of nodes `(i, j)`, `i < j`, that no rule links, if there is one.
+    ///
+    /// Pairs are checked by class, not one by one. Nodes of one site are linked
+    /// by a site entry or `intra_site`; nodes of different sites by a site
+    /// entry, a region entry or the default of their relation; otherwise each
+    /// pair needs a node entry. So a class (a site, or a pair of (site, region)
+    /// cells of different sites) is covered when a rule covers it or its node
+    /// entries count all its pairs, and only an uncovered class is searched for
+    /// the pair to name. Every class visited is either covered by a rule or
+    /// entries of its own, or ends the search, which bounds the work by
+    /// O(nodes + entries) (plus, for sites spread over several regions, the
+    /// pairs of their cells).
+    fn missing_pair(&self) -> Option<(usize, usize)> {
+        let n = self.ends.len();
+        let site = |i: usize| self.ends[i].site;
+        let sites = self
+            .ends
+            .iter()
+            .map(|e| e.site as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let regions = self.regions;
+        // Cells: nodes of one site and one region.
+        let mut cell_of: PairMap<u32> = PairMap::default();
+        let mut cell = Vec::with_capacity(n);
+        let mut cell_nodes: Vec<Vec<u32>> = Vec::new();
+        let mut cell_site = Vec::new();
+        let mut region_cells: Vec<Vec<u32>> = vec![Vec::new(); regions];
+        let mut site_nodes: Vec<Vec<u32>> = vec![Vec::new(); sites];
+        for i in 0..n {
+            let (s, r) = (self.ends[i].site, self.ends[i].region);
+            let key = ((s as u64) << 32) | r as u64;
+            let c = *cell_of.entry(key).or_insert_with(|| {
+                cell_nodes.push(Vec::new());
+                cell_site.push(s);
+                region_cells[r as usize].push(cell_nodes.len() as u32 - 1);
+                cell_nodes.len() as u32 - 1
+            });
+            cell.push(c);
+            cell_nodes[c as usize].push(i as u32);
+            site_nodes[s as usize].push(i as u32);
+        }
+        // Node entries per site (pairs within it) and per cell pair (between sites).
+        let mut within_site = vec![0u64; sites];
+        let mut between_cells: PairMap<u64> = PairMap::default();
+        for &k in self.by_node.keys() {
+            let (a, b) = unpair(k);
+            let (a, b) = (a as usize, b as usize);
+            if a == b {
+                continue;
+            }
+            if site(a) == site(b) {
+                within_site[site(a) as usize] += 1;
+            } else {
+                *between_cells.entry(pair(cell[a], cell[b])).or_default() += 1;
+            }
+        }
+        // The first pair of `xs` x `ys` (or of `xs` with itself) without a node entry.
+        let unlinked = |xs: &[u32], ys: Option<&[u32]>| -> Option<(usize, usize)> {
+            for (k, &x) in xs.iter().enumerate() {
+                let others = ys.unwrap_or(&xs[k + 1..]);
+                for &y in others {
+                    if !self.by_node.contains_key(&pair(x, y)) {
+                        return Some((x.min(y) as usize, x.max(y) as usize));
+                    }
+                }
+            }
+            None
+        };
+        if self.intra_site.is_none() {
+            for (s, nodes) in site_nodes.iter().enumerate() {
+                let k = nodes.len() as u128;
+                if k < 2 || self.by_site.contains_key(&pair(s as u32, s as u32)) {
+                    continue;
+                }
+                if (within_site[s] as u128) < k * (k - 1) / 2 {
+                    return unlinked(nodes, None);
+                }
+            }
+        }
+        // Pairs of different sites in regions `r1` and `r2` that no region entry
+        // or default links: each pair of cells needs a site entry or node entries.
+        let between = |r1: usize, r2: usize| -> Option<(usize, usize)> {
+            for (x, &c1) in region_cells[r1].iter().enumerate() {
+                let others = if r1 == r2 {
+                    &region_cells[r2][x + 1..]
+                } else {
+                    &region_cells[r2][..]
+                };
+                for &c2 in others {
+                    let (s1, s2) = (cell_site[c1 as usize], cell_site[c2 as usize]);
+                    if s1 == s2 || self.by_site.contains_key(&pair(s1, s2)) {
+                        continue;
+                    }
+                    let (n1, n2) = (&cell_nodes[c1 as usize], &cell_nodes[c2 as usize]);
+                    let need = n1.len() as u128 * n2.len() as u128;
+                    let have = between_cells.get(&pair(c1, c2)).copied().unwrap_or(0);
+                    if (have as u128) < need {
+                        return unlinked(n1, Some(n2));
+                    }
+                }
+            }
+            None
+        };
+        if self.inter_site.is_none() {
+            for r in 0..regions {
+                if !self.by_region.contains_key(&pair(r as u32, r as u32))
+                    && let Some(p) = between(r, r)
+                {
+                    return Some(p);
+                }
+            }
+        }
+        if self.inter_region.is_none() {
+            for r1 in 0..regions {
+                for r2 in r1 + 1..regions {
+                    if !self.by_region.contains_key(&pair(r1 as u32, r2 as u32))
+                        && let Some(p) = between(r1, r2)
+                    {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The rules restricted to nodes `keep` (ascending old indices), renumbered.
+    fn subset(&self, keep: &[usize]) -> Links {
+        let mut new_index = vec![u32::MAX; self.ends.len()];
+        for (k, &i) in keep.iter().enumerate() {
+            new_index[i] = k as u32;
+        }
+        let by_node: PairMap<Link> = self
+            .by_node
+            .iter()
+            .filter_map(|(&k, &l)| {
+                let (a, b) = unpair(k);
+                let (a, b) = (new_index[a as usize], new_index[b as usize]);
+                (a != u32::MAX && b != u32::MAX).then(|| (pair(a, b), l))
+            })
+            .collect();
+        Links {
+            ends: keep.iter().map(|&i| self.ends[i]).collect(),
+            by_node,
+            by_site: self.by_site.clone(),
+            by_region: self.by_region.clone(),
+            intra_site: self.intra_site,
+            inter_site: self.inter_site,
+            inter_region: self.inter_region,
+            between_regions: self.between_regions.clone(),
+            regions: self.regions,
+            plain: self.plain,
+        }
+    }
 }
 
 impl Cluster {
@@ -256,11 +585,34 @@ impl Cluster {
     }
 
     /// The link from node `i` to node `j` (indices); local when `i == j`.
+    /// Resolved from the cluster's rules on each call (a few array reads, and
+    /// hash lookups where the file has node or site entries).
+    #[inline]
     pub fn link(&self, i: usize, j: usize) -> Link {
         if i == j {
             return Link::LOCAL;
         }
-        self.links[i * self.nodes.len() + j]
+        self.links
+            .get(i, j)
+            .expect("every pair of nodes has a link: checked when the cluster was resolved")
+    }
+
+    /// The cluster of nodes `keep` (indices, ascending, each once), in that
+    /// order, with the same nodes and the same links between them.
+    pub fn subset(&self, keep: &[usize]) -> Cluster {
+        debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
+        let nodes: Vec<Node> = keep.iter().map(|&i| self.nodes[i].clone()).collect();
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (n.id.clone(), k))
+            .collect();
+        Cluster {
+            name: self.name.clone(),
+            nodes,
+            links: self.links.subset(keep),
+            index,
+        }
     }
 
     /// Distinct regions, in first-seen order.
@@ -293,7 +645,20 @@ impl ClusterSpec {
     }
 
     /// Checks every figure and resolves GPU kinds, availability and links.
+    /// Refuses node counts that cannot fit in the memory available now
+    /// ([`crate::error::available_memory`]).
     pub fn resolve(&self, base: Option<&Path>, builtin: &GpuCatalog) -> Result<Cluster, PlanError> {
+        self.resolve_within(base, builtin, available_memory())
+    }
+
+    /// [`ClusterSpec::resolve`] with `memory_bytes` for the nodes instead of the
+    /// memory available now (`u64::MAX`: no limit).
+    pub fn resolve_within(
+        &self,
+        base: Option<&Path>,
+        builtin: &GpuCatalog,
+        memory_bytes: u64,
+    ) -> Result<Cluster, PlanError> {
         let mut catalog = builtin.clone();
         for (i, g) in self.gpu.iter().enumerate() {
             g.check(&format!("gpu[{i}]"))?;
@@ -305,9 +670,10 @@ impl ClusterSpec {
                 message: "the cluster has no node".into(),
             });
         }
-        let mut nodes = Vec::new();
-        let mut uplinks = Vec::new();
-        let mut index = HashMap::new();
+        self.check_size(&catalog, memory_bytes)?;
+        let total: usize = self.nodes.iter().map(|g| g.count as usize).sum();
+        let mut nodes = Vec::with_capacity(total);
+        let mut index = HashMap::with_capacity(total);
         for (gi, spec) in self.nodes.iter().enumerate() {
             let field = format!("nodes[{gi}]");
             if spec.id.trim().is_empty() {
@@ -362,10 +728,9 @@ impl ClusterSpec {
                     uplink_bps: up,
                     downlink_bps: down,
                 });
-                uplinks.push((up, down));
             }
         }
-        let links = self.resolve_links(&nodes, &index, &uplinks)?;
+        let links = self.resolve_links(&nodes, &index)?;
         Ok(Cluster {
             name: self.name.clone(),
             nodes,
@@ -374,118 +739,123 @@ impl ClusterSpec {
         })
     }
 
+    /// Refuses node groups whose nodes, resolved, need more than `memory_bytes`
+    /// (or more than `u32::MAX` nodes in all, the simulator's index), naming
+    /// the `count` at which the running total no longer fits. Nothing is
+    /// allocated for the nodes before this passes.
+    fn check_size(&self, catalog: &GpuCatalog, memory_bytes: u64) -> Result<(), PlanError> {
+        let (mut total, mut bytes) = (0u64, 0u64);
+        for (gi, spec) in self.nodes.iter().enumerate() {
+            let field = format!("nodes[{gi}].count");
+            let each = node_bytes(spec, catalog.get(&spec.gpu));
+            total += spec.count as u64;
+            bytes = bytes.saturating_add(each.saturating_mul(spec.count as u64));
+            if total > u32::MAX as u64 {
+                return Err(PlanError::InvalidNumber {
+                    field,
+                    requirement: format!("at most {} nodes in all", u32::MAX),
+                    value: total as f64,
+                });
+            }
+            check_fits(
+                &field,
+                || format!("{total} nodes (about {each} bytes each)"),
+                bytes,
+                memory_bytes,
+            )?;
+        }
+        Ok(())
+    }
+
     fn resolve_links(
         &self,
         nodes: &[Node],
         index: &HashMap<String, usize>,
-        uplinks: &[(Option<f64>, Option<f64>)],
-    ) -> Result<Vec<Link>, PlanError> {
-        let sites: HashSet<&str> = nodes.iter().map(|n| n.site.as_str()).collect();
-        let regions: HashSet<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
-        let mut by_node = HashMap::new();
-        let mut by_site = HashMap::new();
-        let mut by_region = HashMap::new();
+    ) -> Result<Links, PlanError> {
+        fn intern<'n>(ids: &mut HashMap<&'n str, u32>, name: &'n str) -> u32 {
+            let next = ids.len() as u32;
+            *ids.entry(name).or_insert(next)
+        }
+        let (mut sites, mut regions) = (HashMap::new(), HashMap::new());
+        let site: Vec<u32> = nodes.iter().map(|n| intern(&mut sites, &n.site)).collect();
+        let region: Vec<u32> = nodes
+            .iter()
+            .map(|n| intern(&mut regions, &n.region))
+            .collect();
+        let mut by_node = PairMap::default();
+        let mut by_site = PairMap::default();
+        let mut by_region = PairMap::default();
         for (li, l) in self.links.iter().enumerate() {
             let field = format!("links[{li}]");
             let link = figures(&field, &l.figures)?;
-            type Known<'k> = Box<dyn Fn(&str) -> bool + 'k>;
-            let (known, scope, map): (Known, &str, _) = match l.scope {
-                LinkScope::Node => (
-                    Box::new(|s: &str| index.contains_key(s)),
-                    "node",
-                    &mut by_node,
-                ),
-                LinkScope::Site => (Box::new(|s: &str| sites.contains(s)), "site", &mut by_site),
-                LinkScope::Region => (
-                    Box::new(|s: &str| regions.contains(s)),
-                    "region",
-                    &mut by_region,
-                ),
+            let (scope, map) = match l.scope {
+                LinkScope::Node => ("node", &mut by_node),
+                LinkScope::Site => ("site", &mut by_site),
+                LinkScope::Region => ("region", &mut by_region),
             };
-            for (end, name) in [("a", &l.a), ("b", &l.b)] {
-                if !known(name) {
-                    return Err(PlanError::UnknownLinkEnd {
-                        field: format!("{field}.{end}"),
-                        scope: scope.into(),
-                        name: name.clone(),
-                    });
-                }
+            let find = |name: &str| match l.scope {
+                LinkScope::Node => index.get(name).map(|&i| i as u32),
+                LinkScope::Site => sites.get(name).copied(),
+                LinkScope::Region => regions.get(name).copied(),
+            };
+            let mut ends = [0u32; 2];
+            for (k, (end, name)) in [("a", &l.a), ("b", &l.b)].into_iter().enumerate() {
+                ends[k] = find(name).ok_or_else(|| PlanError::UnknownLinkEnd {
+                    field: format!("{field}.{end}"),
+                    scope: scope.into(),
+                    name: name.clone(),
+                })?;
             }
-            map.insert(key(&l.a, &l.b), link);
+            map.insert(pair(ends[0], ends[1]), link);
         }
         let d = &self.link_defaults;
-        let intra_site = d
-            .intra_site
-            .as_ref()
-            .map(|f| figures("link_defaults.intra_site", f))
-            .transpose()?;
-        let inter_site = d
-            .inter_site
-            .as_ref()
-            .map(|f| figures("link_defaults.inter_site", f))
-            .transpose()?;
-        let inter_region = d
-            .inter_region
-            .as_ref()
-            .map(|f| figures("link_defaults.inter_region", f))
-            .transpose()?;
-        let n = nodes.len();
-        let mut out = vec![Link::LOCAL; n * n];
-        for i in 0..n {
-            for j in (i + 1)..n {
-                let (a, b) = (&nodes[i], &nodes[j]);
-                let found = by_node
-                    .get(&key(&a.id, &b.id))
-                    .or_else(|| {
-                        if a.site == b.site {
-                            by_site.get(&key(&a.site, &a.site))
-                        } else {
-                            by_site.get(&key(&a.site, &b.site))
-                        }
-                    })
-                    .or_else(|| {
-                        by_region
-                            .get(&key(&a.region, &b.region))
-                            .filter(|_| a.site != b.site)
-                    })
-                    .copied()
-                    .or(if a.site == b.site {
-                        intra_site
-                    } else if a.region == b.region {
-                        inter_site.or(by_region.get(&key(&a.region, &a.region)).copied())
-                    } else {
-                        inter_region
-                    });
-                let Some(mut link) = found else {
-                    return Err(PlanError::MissingLink {
-                        a: format!("`{}` ({}, {})", a.id, a.site, a.region),
-                        b: format!("`{}` ({}, {})", b.id, b.site, b.region),
-                    });
-                };
-                let mut back = link;
-                // Home links cap what leaves the sender and what reaches the receiver.
-                if a.site != b.site {
-                    let cap = |bw: f64, up: Option<f64>, down: Option<f64>| {
-                        bw.min(up.unwrap_or(f64::INFINITY))
-                            .min(down.unwrap_or(f64::INFINITY))
-                    };
-                    link.bandwidth_bps = cap(link.bandwidth_bps, uplinks[i].0, uplinks[j].1);
-                    back.bandwidth_bps = cap(back.bandwidth_bps, uplinks[j].0, uplinks[i].1);
-                }
-                out[i * n + j] = link;
-                out[j * n + i] = back;
-            }
+        let default = |f: &Option<LinkSpecFigures>, field: &str| {
+            f.as_ref().map(|f| figures(field, f)).transpose()
+        };
+        let ends = nodes
+            .iter()
+            .zip(site.iter().zip(&region))
+            .map(|(n, (&site, &region))| End {
+                site,
+                region,
+                up: n.uplink_bps.unwrap_or(f64::INFINITY),
+                down: n.downlink_bps.unwrap_or(f64::INFINITY),
+            })
+            .collect();
+        let defaults = [
+            default(&d.intra_site, "link_defaults.intra_site")?,
+            default(&d.inter_site, "link_defaults.inter_site")?,
+            default(&d.inter_region, "link_defaults.inter_region")?,
+        ];
+        let links = Links::new(ends, by_node, by_site, by_region, defaults);
+        if let Some((i, j)) = links.missing_pair() {
+            let (a, b) = (&nodes[i], &nodes[j]);
+            return Err(PlanError::MissingLink {
+                a: format!("`{}` ({}, {})", a.id, a.site, a.region),
+                b: format!("`{}` ({}, {})", b.id, b.site, b.region),
+            });
         }
-        Ok(out)
+        Ok(links)
     }
 }
 
-fn key(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
-    }
+/// Estimated bytes of one resolved node of group `spec` while its cluster is
+/// resolved: the [`Node`] and its strings (its own copy of the GPU kind), its
+/// id again as the key of the index (hash tables with room to grow: twice
+/// their entries), its link-rule fields and the cells of the link check.
+fn node_bytes(spec: &NodeSpec, gpu: Option<&GpuKind>) -> u64 {
+    use std::mem::size_of;
+    let digits = spec.count.max(1).ilog10() as usize + 2; // `-` and the number
+    let id = spec.id.len() + digits;
+    let gpu_heap = gpu.map_or(spec.gpu.len(), |g| {
+        g.name.len() + g.class.len() + g.source.len()
+    });
+    let node = size_of::<Node>() + id + spec.site.len() + spec.region.len() + gpu_heap;
+    let index = 2 * (size_of::<(String, usize)>() + 1) + id;
+    // Links: its end; the check: cell, site and cell lists, cell table.
+    let links = size_of::<End>();
+    let check = 3 * size_of::<u32>() + 2 * (size_of::<Vec<u32>>() + 2 * size_of::<(u64, u32)>());
+    (node + index + links + check) as u64
 }
 
 fn figures(field: &str, f: &LinkSpecFigures) -> Result<Link, PlanError> {
@@ -598,5 +968,290 @@ bandwidth_gbps = 1.0
             ClusterSpec::parse(&json, Path::new("x.yaml")),
             Err(PlanError::UnsupportedFormat { .. })
         ));
+    }
+    #[test]
+    fn huge_count_is_refused_before_anything_is_allocated() {
+        // 4e9 nodes: about 1.5 TB resolved. The refusal must come from the size
+        // check, at once, not from the allocator.
+        let started = std::time::Instant::now();
+        let text = TWO_REGIONS.replace("count = 2", "count = 4000000000");
+        let err = Cluster::from_toml_str(&text).unwrap_err();
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+        let PlanError::TooLarge {
+            ref field,
+            needed_bytes,
+            available_bytes,
+            ..
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(field, "nodes[0].count");
+        assert!(needed_bytes > 4_000_000_000 * 200, "{needed_bytes}");
+        assert!(needed_bytes > available_bytes);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("nodes[0].count")
+                && msg.contains("4000000000 nodes")
+                && msg.contains("TiB"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn node_budget_names_the_group_that_overflows_it() {
+        let spec: ClusterSpec = toml::from_str(TWO_REGIONS).unwrap();
+        let catalog = GpuCatalog::builtin();
+        let mut big = spec.clone();
+        big.nodes[1].count = 100_000;
+        // 100,002 nodes do not fit in 1 MiB; the second group is where they stop fitting.
+        let err = big.resolve_within(None, &catalog, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::TooLarge { field, .. } if field == "nodes[1].count"),
+            "{err}"
+        );
+        // The same spec fits in 1 GiB, and the small one in 1 MiB.
+        assert_eq!(
+            big.resolve_within(None, &catalog, 1 << 30).unwrap().len(),
+            100_002
+        );
+        assert_eq!(
+            spec.resolve_within(None, &catalog, 1 << 20).unwrap().len(),
+            3
+        );
+        let mut many = spec.clone();
+        many.nodes[0].count = u32::MAX;
+        many.nodes[1].count = 2;
+        let err = many.resolve_within(None, &catalog, u64::MAX).unwrap_err();
+        assert!(
+            err.to_string().contains("at most 4294967295 nodes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_nodes_resolve_without_a_matrix() {
+        // Every node on its own site and a few region entries: the pair check
+        // must not visit all 5e7 pairs, and the cluster must not hold them.
+        let started = std::time::Instant::now();
+        let c = crate::sim::synthetic::community_cluster(10_000, 1).unwrap();
+        assert_eq!(c.len(), 10_000);
+        assert!(started.elapsed().as_secs_f64() < 5.0);
+        assert!(c.links.by_node.is_empty() && c.links.ends.len() == 10_000);
+        let l = c.link(0, 9_999);
+        assert!(l.latency_s > 0.0 && l.bandwidth_bps > 0.0);
+    }
+
+    #[test]
+    fn subset_keeps_nodes_and_links() {
+        let c = Cluster::from_toml_str(TWO_REGIONS).unwrap();
+        let sub = c.subset(&[1, 2]);
+        assert_eq!(sub.len(), 2);
+        assert_eq!(sub.nodes[0].id, "a-1");
+        assert_eq!(sub.index_of("b"), Some(1));
+        assert_eq!(sub.link(0, 1), c.link(1, 2));
+        assert_eq!(sub.link(1, 0), c.link(2, 1));
+    }
+
+    /// The resolution before rules were kept: every pair looked up by strings
+    /// and stored in an n x n matrix (`None`: no link). The reference for the
+    /// property test below.
+    fn dense_reference(spec: &ClusterSpec, c: &Cluster) -> Vec<Option<Link>> {
+        let key = |a: &str, b: &str| {
+            if a <= b {
+                (a.to_string(), b.to_string())
+            } else {
+                (b.to_string(), a.to_string())
+            }
+        };
+        let (mut by_node, mut by_site, mut by_region) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
+        for (li, l) in spec.links.iter().enumerate() {
+            let link = figures(&format!("links[{li}]"), &l.figures).unwrap();
+            let map = match l.scope {
+                LinkScope::Node => &mut by_node,
+                LinkScope::Site => &mut by_site,
+                LinkScope::Region => &mut by_region,
+            };
+            map.insert(key(&l.a, &l.b), link);
+        }
+        let d = &spec.link_defaults;
+        let f = |x: &Option<LinkSpecFigures>| x.as_ref().map(|x| figures("d", x).unwrap());
+        let (intra_site, inter_site, inter_region) =
+            (f(&d.intra_site), f(&d.inter_site), f(&d.inter_region));
+        let n = c.len();
+        let mut out = vec![Some(Link::LOCAL); n * n];
+        for i in 0..n {
+            for j in (i + 1)..n {
+                let (a, b) = (&c.nodes[i], &c.nodes[j]);
+                let found = by_node
+                    .get(&key(&a.id, &b.id))
+                    .or_else(|| {
+                        if a.site == b.site {
+                            by_site.get(&key(&a.site, &a.site))
+                        } else {
+                            by_site.get(&key(&a.site, &b.site))
+                        }
+                    })
+                    .or_else(|| {
+                        by_region
+                            .get(&key(&a.region, &b.region))
+                            .filter(|_| a.site != b.site)
+                    })
+                    .copied()
+                    .or(if a.site == b.site {
+                        intra_site
+                    } else if a.region == b.region {
+                        inter_site.or(by_region.get(&key(&a.region, &a.region)).copied())
+                    } else {
+                        inter_region
+                    });
+                let (mut link, mut back) = match found {
+                    Some(l) => (l, l),
+                    None => {
+                        out[i * n + j] = None;
+                        out[j * n + i] = None;
+                        continue;
+                    }
+                };
+                if a.site != b.site {
+                    let cap = |bw: f64, up: Option<f64>, down: Option<f64>| {
+                        bw.min(up.unwrap_or(f64::INFINITY))
+                            .min(down.unwrap_or(f64::INFINITY))
+                    };
+                    link.bandwidth_bps = cap(link.bandwidth_bps, a.uplink_bps, b.downlink_bps);
+                    back.bandwidth_bps = cap(back.bandwidth_bps, b.uplink_bps, a.downlink_bps);
+                }
+                out[i * n + j] = Some(link);
+                out[j * n + i] = Some(back);
+            }
+        }
+        out
+    }
+
+    /// A cluster of up to 12 single nodes on 3 sites and 3 regions (sites may
+    /// span regions), with random defaults, home links and link entries, many
+    /// of them node entries so that whole classes are covered by them.
+    fn random_spec() -> impl proptest::strategy::Strategy<Value = ClusterSpec> {
+        use proptest::prelude::*;
+        let node = (
+            0..3usize,
+            0..3usize,
+            prop::option::of(1u32..4),
+            prop::option::of(1u32..4),
+        );
+        let fig = |k: u32| LinkSpecFigures {
+            latency_ms: Some(k as f64),
+            rtt_ms: None,
+            bandwidth_gbps: k as f64,
+        };
+        let entry = (0..3usize, 0..12usize, 0..12usize, 1u32..9);
+        (
+            prop::collection::vec(node, 1..12),
+            prop::collection::vec(entry, 0..40),
+            prop::option::of(1u32..9),
+            prop::option::of(1u32..9),
+            prop::option::of(1u32..9),
+            any::<bool>(),
+        )
+            .prop_map(move |(nodes, entries, d1, d2, d3, all_pairs_of_site0)| {
+                let nodes: Vec<NodeSpec> = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(s, r, up, down))| NodeSpec {
+                        id: format!("n{k}"),
+                        gpu: "RTX4090".into(),
+                        count: 1,
+                        site: format!("s{s}"),
+                        region: format!("r{r}"),
+                        provider: Provider::Community,
+                        availability: None,
+                        uplink_gbps: up.map(|u| u as f64 * 0.5),
+                        downlink_gbps: down.map(|d| d as f64 * 0.7),
+                    })
+                    .collect();
+                let pick = |v: Vec<&String>, k: usize| v[k % v.len()].clone();
+                let mut links: Vec<LinkEntry> = entries
+                    .iter()
+                    .map(|&(scope, a, b, k)| {
+                        let (scope, names): (LinkScope, Vec<&String>) = match scope {
+                            0 => (LinkScope::Node, nodes.iter().map(|n| &n.id).collect()),
+                            1 => (LinkScope::Site, nodes.iter().map(|n| &n.site).collect()),
+                            _ => (LinkScope::Region, nodes.iter().map(|n| &n.region).collect()),
+                        };
+                        LinkEntry {
+                            scope,
+                            a: pick(names.clone(), a),
+                            b: pick(names, b),
+                            figures: fig(k),
+                        }
+                    })
+                    .collect();
+                if all_pairs_of_site0 {
+                    let ids: Vec<&NodeSpec> = nodes.iter().filter(|n| n.site == "s0").collect();
+                    for (x, a) in ids.iter().enumerate() {
+                        for b in &ids[x + 1..] {
+                            links.push(LinkEntry {
+                                scope: LinkScope::Node,
+                                a: a.id.clone(),
+                                b: b.id.clone(),
+                                figures: fig(9),
+                            });
+                        }
+                    }
+                }
+                ClusterSpec {
+                    name: "random".into(),
+                    link_defaults: LinkDefaults {
+                        intra_site: d1.map(fig),
+                        inter_site: d2.map(fig),
+                        inter_region: d3.map(fig),
+                    },
+                    nodes,
+                    links,
+                    ..ClusterSpec::default()
+                }
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn rules_give_the_dense_matrix_and_find_every_missing_link(spec in random_spec()) {
+            // Resolve without the link check to compare against the reference.
+            let nodes_only = ClusterSpec {
+                links: Vec::new(),
+                link_defaults: LinkDefaults {
+                    intra_site: Some(LinkSpecFigures { latency_ms: Some(0.0), rtt_ms: None, bandwidth_gbps: 1.0 }),
+                    inter_site: Some(LinkSpecFigures { latency_ms: Some(0.0), rtt_ms: None, bandwidth_gbps: 1.0 }),
+                    inter_region: Some(LinkSpecFigures { latency_ms: Some(0.0), rtt_ms: None, bandwidth_gbps: 1.0 }),
+                },
+                ..spec.clone()
+            };
+            let plain = nodes_only.resolve(None, &GpuCatalog::builtin()).unwrap();
+            let dense = dense_reference(&spec, &plain);
+            let n = plain.len();
+            let missing: Vec<(usize, usize)> = (0..n)
+                .flat_map(|i| ((i + 1)..n).map(move |j| (i, j)))
+                .filter(|&(i, j)| dense[i * n + j].is_none())
+                .collect();
+            match spec.resolve(None, &GpuCatalog::builtin()) {
+                Ok(c) => {
+                    proptest::prop_assert!(missing.is_empty(), "missed {:?}", missing);
+                    for i in 0..n {
+                        for j in 0..n {
+                            proptest::prop_assert_eq!(Some(c.link(i, j)), dense[i * n + j]);
+                        }
+                    }
+                }
+                Err(PlanError::MissingLink { a, b }) => {
+                    let id = |t: &str| t.split('`').nth(1).unwrap().to_string();
+                    let (i, j) = (plain.index_of(&id(&a)).unwrap(), plain.index_of(&id(&b)).unwrap());
+                    proptest::prop_assert!(i < j && missing.contains(&(i, j)), "{a} {b} not missing");
+                }
+                Err(e) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
     }
 }

@@ -58,6 +58,7 @@ pub fn compare(
         let t0 = Instant::now();
         let result = strategy::by_name(name).and_then(|s| {
             crate::presets::check_model(model)?;
+            options.validate()?;
             s.plan(&ctx)
         });
         let planning_ms = t0.elapsed().as_secs_f64() * 1000.0;

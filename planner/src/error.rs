@@ -128,6 +128,22 @@ pub enum PlanError {
     /// A produced plan failed validation.
     #[error("invalid plan: {0}")]
     Invalid(#[from] ValidationError),
+    /// Inputs whose size cannot fit in memory, refused before anything is allocated.
+    #[error(
+        "{field}: {what} would need about {} of memory, more than the {} available",
+        bytes_text(*.needed_bytes),
+        bytes_text(*.available_bytes)
+    )]
+    TooLarge {
+        /// The field that sets the size, e.g. `nodes[0].count`.
+        field: String,
+        /// What would be built, e.g. `4000000000 nodes (344 bytes each)`.
+        what: String,
+        /// Estimated bytes.
+        needed_bytes: u64,
+        /// Bytes available.
+        available_bytes: u64,
+    },
 }
 
 /// Why a [`crate::plan::Plan`] cannot run on a cluster and model.
@@ -201,8 +217,35 @@ pub enum ValidationError {
         /// Shortfall, GiB.
         missing_gib: f64,
     },
+    /// A node in the plan's `nodes` list that the cluster does not have.
+    #[error("plan `nodes` names `{node}`, which the cluster does not have")]
+    UnknownListedNode {
+        /// Node id.
+        node: String,
+    },
+    /// A node serving a stage that the plan's `nodes` list leaves out.
+    #[error("stage {stage}: node `{node}` serves it but is missing from the plan's `nodes` list")]
+    UnlistedNode {
+        /// Stage index.
+        stage: usize,
+        /// Node id.
+        node: String,
+    },
+    /// Every routing weight of a stage (or of a replica's next hops) is zero:
+    /// nothing would ever be routed there.
+    #[error("stage {stage}: {what} weights sum to {sum}; at least one must be positive")]
+    NoPositiveWeight {
+        /// Stage index.
+        stage: usize,
+        /// "replica" or "next-hop of `node`".
+        what: String,
+        /// Their sum.
+        sum: f64,
+    },
     /// Routing weights that are negative or not finite.
-    #[error("stage {stage}: routing weight of `{node}` is {weight}")]
+    #[error(
+        "stage {stage}: routing weight of `{node}` is {weight}: weights must be finite and non-negative"
+    )]
     BadWeight {
         /// Stage index.
         stage: usize,
@@ -223,6 +266,63 @@ pub enum ValidationError {
 
 /// Bytes in one GiB, for messages.
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Memory assumed available where the system does not say (not Linux).
+pub const DEFAULT_AVAILABLE_MEMORY: u64 = 16 << 30;
+
+/// Bytes of memory the inputs of a run may take: what the system reports
+/// available now (`MemAvailable` in `/proc/meminfo`, which counts reclaimable
+/// caches and not what this process already holds), or
+/// [`DEFAULT_AVAILABLE_MEMORY`] where it reports nothing.
+///
+/// Sizes are checked against it before they are allocated: a cluster's node
+/// count, a workload's request count, a churn model's event count. Only sizes
+/// that cannot fit are refused, so the figure does not change results.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_available_kib(&text))
+        .map_or(DEFAULT_AVAILABLE_MEMORY, |kib| kib.saturating_mul(1024))
+}
+
+fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Refuses `needed_bytes` of `what` (set by `field`) when it exceeds `available_bytes`.
+pub fn check_fits(
+    field: &str,
+    what: impl FnOnce() -> String,
+    needed_bytes: u64,
+    available_bytes: u64,
+) -> Result<(), PlanError> {
+    if needed_bytes <= available_bytes {
+        return Ok(());
+    }
+    Err(PlanError::TooLarge {
+        field: field.to_string(),
+        what: what(),
+        needed_bytes,
+        available_bytes,
+    })
+}
+
+/// `bytes` for a message: `512 B`, `3.2 MiB`, `1.4 TiB`.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
 
 /// Checks that `value` is finite and > 0, naming `field` otherwise.
 pub fn positive(field: &str, value: f64) -> Result<f64, PlanError> {
@@ -247,5 +347,27 @@ pub fn non_negative(field: &str, value: f64) -> Result<f64, PlanError> {
             requirement: "non-negative".into(),
             value,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_figures_read_and_print() {
+        let text = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available_kib(text), Some(20_000_000));
+        assert_eq!(mem_available_kib("MemTotal: 1 kB\n"), None);
+        assert!(available_memory() > 0);
+        assert_eq!(bytes_text(512), "512 B");
+        assert_eq!(bytes_text(3 << 30), "3.0 GiB");
+        assert_eq!(bytes_text(1_400_000_000_000), "1.3 TiB");
+        assert!(check_fits("x", || unreachable!(), 10, 10).is_ok());
+        let e = check_fits("nodes[0].count", || "5 nodes".into(), 11 << 30, 10 << 30).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "nodes[0].count: 5 nodes would need about 11.0 GiB of memory, more than the 10.0 GiB available"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! a node's capacity is shared in layer-tokens across its stages.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use good_lp::{Expression, Variable, constraint, variable, variables};
 
@@ -33,7 +34,8 @@ pub struct FlowResult {
     pub method: FlowMethod,
     /// Tokens per second through each replica of each stage (`[stage][replica]`).
     pub through: Vec<Vec<f64>>,
-    /// Transitions `(stage, from replica, to replica in stage + 1, tokens/s)`.
+    /// Transitions `(stage, from replica, to replica in stage + 1, tokens/s)`
+    /// that carry flow, in that order (the LP lists every transition).
     pub edges: Vec<(usize, usize, usize, f64)>,
 }
 
@@ -318,25 +320,37 @@ fn dinic_flow(
     for &(_, o) in &ids[last] {
         g.edge(o, t, inf);
     }
-    let mut edge_ids = Vec::new();
+    // Every replica of a stage to every replica of the next: a block whose
+    // capacities are computed when needed (links between nodes of the cluster).
     for si in 0..last {
-        for (a, ra) in plan.stages[si].replicas.iter().enumerate() {
-            for (b, rb) in plan.stages[si + 1].replicas.iter().enumerate() {
-                let cap = link_cap(plan, cluster, cm, si, &ra.node, &rb.node);
-                let e = g.edge(gates[si][a].1, gates[si + 1][b].0, cap);
-                edge_ids.push((si, a, b, e));
+        let node_of = |st: &crate::plan::Stage| -> Vec<Option<usize>> {
+            st.replicas
+                .iter()
+                .map(|r| cluster.index_of(&r.node))
+                .collect()
+        };
+        let (ra, rb) = (&plan.stages[si].replicas, &plan.stages[si + 1].replicas);
+        let (from, to) = (node_of(&plan.stages[si]), node_of(&plan.stages[si + 1]));
+        let end = plan.stages[si].end as usize;
+        // As `link_cap`, with the node indices looked up once.
+        let cap = move |a: usize, b: usize| -> f64 {
+            match (from[a], to[b]) {
+                (Some(i), Some(j)) if i == j => f64::INFINITY,
+                (Some(i), Some(j)) => cm.link_capacity(&cluster.link(i, j), end),
+                _ if ra[a].node == rb[b].node => f64::INFINITY,
+                _ => 0.0,
             }
-        }
+        };
+        let sources = gates[si].iter().map(|x| x.1).collect();
+        let sinks = gates[si + 1].iter().map(|x| x.0).collect();
+        g.block(sources, sinks, Box::new(cap));
     }
     let total = g.run(s, t);
     let through = ids
         .iter()
         .map(|row| row.iter().map(|&(i, _)| g.inflow_through(i)).collect())
         .collect();
-    let edges = edge_ids
-        .into_iter()
-        .map(|(si, a, b, e)| (si, a, b, g.flow_on(e)))
-        .collect();
+    let edges = g.block_flows();
     FlowResult {
         throughput: total,
         method: FlowMethod::Dinic,
@@ -345,21 +359,122 @@ fn dinic_flow(
     }
 }
 
-/// Dinic's max-flow over f64 capacities.
+/// A multiply-rotate hasher (FxHash's) for the edge indices of a [`Block`].
+#[derive(Default, Clone, Copy)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A complete bipartite set of edges, every source to every sink, whose
+/// capacities come from a function: memory for the edges that carry flow
+/// only, where explicit edges between stages of 5,000 replicas each would
+/// take 25 million.
+struct Block<'c> {
+    /// Vertex of each source.
+    sources: Vec<usize>,
+    /// Vertex of each sink.
+    sinks: Vec<usize>,
+    /// Capacity of the edge from source `a` to sink `b`.
+    cap: Box<dyn Fn(usize, usize) -> f64 + 'c>,
+    /// Residuals (forward, reverse) of the edges flow has used, by `a * sinks + b`.
+    used: HashMap<usize, (f64, f64), BuildHasherDefault<IndexHasher>>,
+    /// Per source: how many of its edges are in `used`.
+    used_from: Vec<u32>,
+    /// Per sink: the sources of its edges in `used`, ascending.
+    used_to: Vec<Vec<u32>>,
+}
+
+impl Block<'_> {
+    fn forward(&self, a: usize, b: usize) -> f64 {
+        if self.used_from[a] > 0
+            && let Some(r) = self.used.get(&(a * self.sinks.len() + b))
+        {
+            return r.0;
+        }
+        (self.cap)(a, b)
+    }
+    fn reverse(&self, a: usize, b: usize) -> f64 {
+        self.used
+            .get(&(a * self.sinks.len() + b))
+            .map_or(0.0, |r| r.1)
+    }
+    /// Moves `d` from the forward residual to the reverse one (negative: back).
+    fn push(&mut self, a: usize, b: usize, d: f64, forward: bool) {
+        let key = a * self.sinks.len() + b;
+        let r = match self.used.get_mut(&key) {
+            Some(r) => r,
+            None => {
+                let c = (self.cap)(a, b);
+                self.used_from[a] += 1;
+                let col = &mut self.used_to[b];
+                let at = col.partition_point(|&x| (x as usize) < a);
+                col.insert(at, a as u32);
+                self.used.entry(key).or_insert((c, 0.0))
+            }
+        };
+        if forward {
+            r.0 -= d;
+            r.1 += d;
+        } else {
+            r.1 -= d;
+            r.0 += d;
+        }
+    }
+}
+
+/// Where a vertex sits in a block: the source side (its edges to every sink
+/// follow its explicit edges) or the sink side (the reverses of every
+/// source's edge to it follow its explicit edges).
+#[derive(Clone, Copy)]
+enum Side {
+    Source { block: usize, a: usize },
+    Sink { block: usize, b: usize },
+}
+
+/// One edge as Dinic's search sees it.
+#[derive(Clone, Copy)]
+enum Arc {
+    Explicit(usize),
+    Forward { block: usize, a: usize, b: usize },
+    Reverse { block: usize, a: usize, b: usize },
+}
+
+/// Dinic's max-flow over f64 capacities, with explicit edges (a residual pair
+/// each, `e ^ 1` the reverse of `e`) and [`Block`]s. A vertex's adjacency is
+/// its explicit edges, then its block edges in index order, which is the
+/// order the same edges would have if they were explicit and added last.
 #[derive(Default)]
-struct Dinic {
+struct Dinic<'c> {
     adj: Vec<Vec<usize>>,
+    side: Vec<Option<Side>>,
     to: Vec<usize>,
     cap: Vec<f64>,
+    blocks: Vec<Block<'c>>,
     level: Vec<i64>,
     it: Vec<usize>,
 }
 
 const EPS: f64 = 1e-9;
 
-impl Dinic {
+impl<'c> Dinic<'c> {
     fn vertex(&mut self) -> usize {
         self.adj.push(Vec::new());
+        self.side.push(None);
         self.adj.len() - 1
     }
     fn edge(&mut self, a: usize, b: usize, c: f64) -> usize {
@@ -372,8 +487,99 @@ impl Dinic {
         self.adj[b].push(id + 1);
         id
     }
-    fn flow_on(&self, e: usize) -> f64 {
-        self.cap[e + 1]
+    /// Adds an edge from every one of `sources` to every one of `sinks` with
+    /// capacity `cap(a, b)`; each vertex is in one block at most and gets no
+    /// explicit edge after it.
+    fn block(
+        &mut self,
+        sources: Vec<usize>,
+        sinks: Vec<usize>,
+        cap: Box<dyn Fn(usize, usize) -> f64 + 'c>,
+    ) {
+        let block = self.blocks.len();
+        for (a, &v) in sources.iter().enumerate() {
+            self.side[v] = Some(Side::Source { block, a });
+        }
+        for (b, &v) in sinks.iter().enumerate() {
+            self.side[v] = Some(Side::Sink { block, b });
+        }
+        self.blocks.push(Block {
+            used: HashMap::default(),
+            used_from: vec![0; sources.len()],
+            used_to: vec![Vec::new(); sinks.len()],
+            sources,
+            sinks,
+            cap,
+        });
+    }
+    /// Edges of `v` in adjacency order: explicit ones, then its block's.
+    fn degree(&self, v: usize) -> usize {
+        self.adj[v].len()
+            + match self.side[v] {
+                None => 0,
+                Some(Side::Source { block, .. }) => self.blocks[block].sinks.len(),
+                Some(Side::Sink { block, .. }) => self.blocks[block].sources.len(),
+            }
+    }
+    fn arc(&self, v: usize, k: usize) -> Arc {
+        let n = self.adj[v].len();
+        if k < n {
+            return Arc::Explicit(self.adj[v][k]);
+        }
+        match self.side[v] {
+            Some(Side::Source { block, a }) => Arc::Forward { block, a, b: k - n },
+            Some(Side::Sink { block, b }) => Arc::Reverse { block, a: k - n, b },
+            None => unreachable!("k < degree"),
+        }
+    }
+    fn head(&self, e: Arc) -> usize {
+        match e {
+            Arc::Explicit(e) => self.to[e],
+            Arc::Forward { block, b, .. } => self.blocks[block].sinks[b],
+            Arc::Reverse { block, a, .. } => self.blocks[block].sources[a],
+        }
+    }
+    fn residual(&self, e: Arc) -> f64 {
+        match e {
+            Arc::Explicit(e) => self.cap[e],
+            Arc::Forward { block, a, b } => self.blocks[block].forward(a, b),
+            Arc::Reverse { block, a, b } => self.blocks[block].reverse(a, b),
+        }
+    }
+    fn augment(&mut self, e: Arc, d: f64) {
+        match e {
+            Arc::Explicit(e) => {
+                self.cap[e] -= d;
+                self.cap[e ^ 1] += d;
+            }
+            Arc::Forward { block, a, b } => self.blocks[block].push(a, b, d, true),
+            Arc::Reverse { block, a, b } => self.blocks[block].push(a, b, d, false),
+        }
+    }
+    /// The first position at or after `k` in `v`'s adjacency that can have
+    /// residual capacity: block reverses of unused edges have none.
+    fn skip_empty(&self, v: usize, k: usize) -> usize {
+        let n = self.adj[v].len();
+        match self.side[v] {
+            Some(Side::Sink { block, b }) if k >= n => {
+                let col = &self.blocks[block].used_to[b];
+                let at = col.partition_point(|&x| (x as usize) < k - n);
+                col.get(at).map_or(self.degree(v), |&a| n + a as usize)
+            }
+            _ => k,
+        }
+    }
+    /// Tokens/s on every used block edge: `(block, source, sink, flow)`, in
+    /// block, source and sink order.
+    fn block_flows(&self) -> Vec<(usize, usize, usize, f64)> {
+        let mut out = Vec::new();
+        for (k, bl) in self.blocks.iter().enumerate() {
+            let mut used: Vec<(usize, f64)> = bl.used.iter().map(|(&key, r)| (key, r.1)).collect();
+            used.sort_unstable_by_key(|x| x.0);
+            let m = bl.sinks.len();
+            out.extend(used.into_iter().map(|(key, f)| (k, key / m, key % m, f)));
+        }
+        out
     }
     fn inflow_through(&self, v: usize) -> f64 {
         // v is an "in" vertex whose first edge is in -> out.
@@ -384,11 +590,29 @@ impl Dinic {
         self.level[s] = 0;
         let mut q = VecDeque::from([s]);
         while let Some(v) = q.pop_front() {
-            for &e in &self.adj[v] {
-                let w = self.to[e];
-                if self.cap[e] > EPS && self.level[w] < 0 {
-                    self.level[w] = self.level[v] + 1;
+            // Levels are distances, whatever the order the edges are looked at.
+            let mut visit = |dinic: &mut Self, e: Arc| {
+                let w = dinic.head(e);
+                if dinic.level[w] < 0 && dinic.residual(e) > EPS {
+                    dinic.level[w] = dinic.level[v] + 1;
                     q.push_back(w);
+                }
+            };
+            for k in 0..self.adj[v].len() {
+                visit(self, Arc::Explicit(self.adj[v][k]));
+            }
+            match self.side[v] {
+                None => {}
+                Some(Side::Source { block, a }) => {
+                    for b in 0..self.blocks[block].sinks.len() {
+                        visit(self, Arc::Forward { block, a, b });
+                    }
+                }
+                Some(Side::Sink { block, b }) => {
+                    for k in 0..self.blocks[block].used_to[b].len() {
+                        let a = self.blocks[block].used_to[b][k] as usize;
+                        visit(self, Arc::Reverse { block, a, b });
+                    }
                 }
             }
         }
@@ -398,15 +622,22 @@ impl Dinic {
         if v == t {
             return f;
         }
-        while self.it[v] < self.adj[v].len() {
-            let e = self.adj[v][self.it[v]];
-            let w = self.to[e];
-            if self.cap[e] > EPS && self.level[w] == self.level[v] + 1 {
-                let d = self.dfs(w, t, f.min(self.cap[e]));
-                if d > EPS {
-                    self.cap[e] -= d;
-                    self.cap[e ^ 1] += d;
-                    return d;
+        let degree = self.degree(v);
+        loop {
+            self.it[v] = self.skip_empty(v, self.it[v]);
+            if self.it[v] >= degree {
+                break;
+            }
+            let e = self.arc(v, self.it[v]);
+            let w = self.head(e);
+            if self.level[w] == self.level[v] + 1 {
+                let c = self.residual(e);
+                if c > EPS {
+                    let d = self.dfs(w, t, f.min(c));
+                    if d > EPS {
+                        self.augment(e, d);
+                        return d;
+                    }
                 }
             }
             self.it[v] += 1;

@@ -28,7 +28,9 @@ pub mod profile;
 pub mod repair;
 pub mod router;
 pub mod sim;
+pub mod stage_ranges;
 pub mod strategy;
+pub mod units;
 
 pub use cluster::Cluster;
 pub use compare::{Comparison, compare_all};
@@ -48,6 +50,7 @@ pub fn plan_with(
     options: &PlanOptions,
 ) -> Result<Plan, PlanError> {
     presets::check_model(model)?;
+    options.validate()?;
     let s = strategy::by_name(strategy_name)?;
     let ctx = strategy::Context::new(cluster, model, options);
     s.plan(&ctx)

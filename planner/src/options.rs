@@ -119,3 +119,102 @@ impl Default for PlanOptions {
         }
     }
 }
+
+impl PlanOptions {
+    /// Checks every figure against its range, naming the field: time limits
+    /// finite, non-negative and at most [`crate::units::MAX_DURATION`] (the
+    /// solver turns them into `Duration`s), fractions in their intervals,
+    /// efficiencies and batch sizes positive. Every strategy runs on checked
+    /// options: [`crate::plan_with`] and [`crate::compare_all`] call this.
+    pub fn validate(&self) -> Result<(), crate::PlanError> {
+        let bad = |field: &str, requirement: &str, value: f64| {
+            Err(crate::PlanError::InvalidNumber {
+                field: field.into(),
+                requirement: requirement.into(),
+                value,
+            })
+        };
+        for (field, v) in [
+            ("time_limit_s", self.time_limit_s),
+            ("milp_time_limit_s", self.milp_time_limit_s),
+        ] {
+            if let Err(e) = crate::units::duration_from_secs(field, v) {
+                return Err(crate::PlanError::InvalidField {
+                    field: field.into(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        let unit = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
+        if !unit(self.load_fraction) {
+            return bad("load_fraction", "in (0, 1]", self.load_fraction);
+        }
+        if !(self.odp_latency_weight.is_finite() && (0.0..=1.0).contains(&self.odp_latency_weight))
+        {
+            return bad("odp_latency_weight", "in [0, 1]", self.odp_latency_weight);
+        }
+        let c = &self.cost;
+        if !unit(c.compute_efficiency) {
+            return bad("cost.compute_efficiency", "in (0, 1]", c.compute_efficiency);
+        }
+        if !unit(c.memory_efficiency) {
+            return bad("cost.memory_efficiency", "in (0, 1]", c.memory_efficiency);
+        }
+        if !(c.memory_reserve.is_finite() && (0.0..1.0).contains(&c.memory_reserve)) {
+            return bad("cost.memory_reserve", "in [0, 1)", c.memory_reserve);
+        }
+        if c.max_batch == 0 {
+            return bad("cost.max_batch", "positive", 0.0);
+        }
+        if !(c.step_overhead_s.is_finite() && c.step_overhead_s >= 0.0) {
+            return bad(
+                "cost.step_overhead_s",
+                "finite and non-negative",
+                c.step_overhead_s,
+            );
+        }
+        if self.workload.output_tokens == 0 {
+            return bad("workload.output_tokens", "positive", 0.0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    type Setter = Box<dyn Fn(&mut PlanOptions)>;
+
+    #[test]
+    fn nonsense_figures_are_refused_by_name() {
+        let cases: Vec<(&str, Setter)> = vec![
+            (
+                "milp_time_limit_s",
+                Box::new(|o| o.milp_time_limit_s = 1e30),
+            ),
+            (
+                "milp_time_limit_s",
+                Box::new(|o| o.milp_time_limit_s = -1.0),
+            ),
+            ("time_limit_s", Box::new(|o| o.time_limit_s = f64::NAN)),
+            ("load_fraction", Box::new(|o| o.load_fraction = 0.0)),
+            (
+                "odp_latency_weight",
+                Box::new(|o| o.odp_latency_weight = f64::INFINITY),
+            ),
+            (
+                "cost.memory_reserve",
+                Box::new(|o| o.cost.memory_reserve = 1.0),
+            ),
+            ("cost.max_batch", Box::new(|o| o.cost.max_batch = 0)),
+        ];
+        assert!(PlanOptions::default().validate().is_ok());
+        for (field, set) in cases {
+            let mut o = PlanOptions::default();
+            set(&mut o);
+            let e = o.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

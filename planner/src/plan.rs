@@ -262,6 +262,11 @@ impl Plan {
                 });
             }
         }
+        for node in &self.nodes {
+            if cluster.index_of(node).is_none() {
+                return Err(ValidationError::UnknownListedNode { node: node.clone() });
+            }
+        }
         let last = self.stages.len() - 1;
         for (s, st) in self.stages.iter().enumerate() {
             if st.embed != (s == 0) || st.head != (s == last) {
@@ -283,15 +288,40 @@ impl Plan {
                         node: r.node.clone(),
                     });
                 }
+                if !self.nodes.is_empty() && !self.nodes.contains(&r.node) {
+                    return Err(ValidationError::UnlistedNode {
+                        stage: s,
+                        node: r.node.clone(),
+                    });
+                }
                 seen.push(r.node.as_str());
                 let bad = |w: f64| !(w.is_finite() && w >= 0.0);
-                if bad(r.weight) || r.next.iter().any(|h| bad(h.weight)) {
+                if let Some(w) = std::iter::once(r.weight)
+                    .chain(r.next.iter().map(|h| h.weight))
+                    .find(|&w| bad(w))
+                {
                     return Err(ValidationError::BadWeight {
                         stage: s,
                         node: r.node.clone(),
-                        weight: r.weight,
+                        weight: w,
                     });
                 }
+                let next_sum: f64 = r.next.iter().map(|h| h.weight).sum();
+                if !r.next.is_empty() && next_sum <= 0.0 {
+                    return Err(ValidationError::NoPositiveWeight {
+                        stage: s,
+                        what: format!("next-hop of `{}`", r.node),
+                        sum: next_sum,
+                    });
+                }
+            }
+            let sum: f64 = st.replicas.iter().map(|r| r.weight).sum();
+            if sum <= 0.0 {
+                return Err(ValidationError::NoPositiveWeight {
+                    stage: s,
+                    what: "replica".into(),
+                    sum,
+                });
             }
         }
         // Contiguity: a node's stages form one run.

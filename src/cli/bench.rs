@@ -12,7 +12,11 @@ use std::sync::Arc;
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{EngineArgs, warn_unreached_failures};
+use super::output_paths::check_output_dir;
+
+/// Most bytes of generated requests `bench` holds (prompts are made up front).
+const MAX_REQUEST_BYTES: u64 = 4_000_000_000;
 use super::report::{print_summary, write_comparison, write_outputs};
 use super::{fidelity, recovery};
 use tokenflow_engine::dataflow::Placement;
@@ -30,9 +34,10 @@ impl std::str::FromStr for LengthDist {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let num = |t: &str| {
-            t.parse::<usize>()
-                .map_err(|_| format!("`{t}` in `{s}` is not a length"))
+        let num = |t: &str| match t.parse::<usize>() {
+            Ok(0) => Err(format!("`{s}`: a length is at least 1 token")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("`{t}` in `{s}` is not a length")),
         };
         match parts.as_slice() {
             ["fixed", n] => Ok(Self::Fixed(num(n)?)),
@@ -49,6 +54,13 @@ impl std::str::FromStr for LengthDist {
 }
 
 impl LengthDist {
+    /// The longest length it draws.
+    pub fn max(&self) -> usize {
+        match *self {
+            Self::Fixed(n) | Self::Uniform(_, n) => n,
+        }
+    }
+
     fn sample(&self, rng: &mut ChaCha8Rng) -> usize {
         match *self {
             Self::Fixed(n) => n,
@@ -70,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "closed")]
     pub arrival: String,
     /// Requests per second of the Poisson process.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub rate: f64,
     /// Requests in flight in closed loop.
     #[arg(long, default_value_t = 8)]
@@ -101,6 +113,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.requests == 0 {
         bail!("--requests must be positive");
     }
+    // Every request and its prompt are made up front: refuse what cannot fit.
+    let request_bytes =
+        (args.prompt_len.max() as u64 * 4 + 256).saturating_mul(args.requests as u64);
+    if request_bytes > MAX_REQUEST_BYTES {
+        bail!(
+            "--requests {} with prompts up to {} tokens would hold about {:.1} GB of requests; the limit is {:.1} GB",
+            args.requests,
+            args.prompt_len.max(),
+            request_bytes as f64 / 1e9,
+            MAX_REQUEST_BYTES as f64 / 1e9
+        );
+    }
+    match args.arrival.as_str() {
+        "closed" if args.concurrency == 0 => bail!("--concurrency must be positive"),
+        "poisson" if !(args.rate > 0.0 && args.rate.is_finite()) => {
+            bail!(
+                "--rate {}: must be a positive, finite number of requests per second",
+                args.rate
+            )
+        }
+        "closed" | "poisson" => {}
+        other => bail!("--arrival `{other}`: expected poisson or closed"),
+    }
+    if args.compare_sim && args.arrival != "poisson" {
+        bail!("--compare-sim needs --arrival poisson (the simulator replays arrival times)");
+    }
+    check_output_dir("--out", &args.out)?;
     let setup = args.engine.resolve()?;
     let tok = &setup.model.tokenizer;
     let vocab = tok.vocab_size() as u32;
@@ -110,34 +149,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("the vocabulary has no ordinary token");
     }
     let context = setup.model.config.context_length;
+    if args.prompt_len.max() + args.output_len.max() > context {
+        bail!(
+            "--prompt-len up to {} plus --output-len up to {} tokens exceed the model's context of {context}",
+            args.prompt_len.max(),
+            args.output_len.max()
+        );
+    }
     let mut requests = Vec::new();
     for i in 0..args.requests {
-        let p = args
-            .prompt_len
-            .sample(&mut rng)
-            .clamp(1, context.saturating_sub(2));
-        let o = args.output_len.sample(&mut rng).max(1);
+        let p = args.prompt_len.sample(&mut rng);
+        let o = args.output_len.sample(&mut rng);
         let prompt = (0..p)
             .map(|_| ordinary[rng.random_range(0..ordinary.len())])
             .collect();
         requests.push(Request::greedy(i as u64, prompt, o));
     }
-    if args.compare_sim && args.arrival != "poisson" {
-        bail!("--compare-sim needs --arrival poisson (the simulator replays arrival times)");
-    }
     let arrivals = match args.arrival.as_str() {
-        "closed" => {
-            if args.concurrency == 0 {
-                bail!("--concurrency must be positive");
-            }
-            Arrivals::ClosedLoop {
-                concurrency: args.concurrency,
-            }
-        }
+        "closed" => Arrivals::ClosedLoop {
+            concurrency: args.concurrency,
+        },
         "poisson" => {
-            if !(args.rate > 0.0 && args.rate.is_finite()) {
-                bail!("--rate must be a positive number of requests per second");
-            }
             let mut t = 0.0f64;
             let offsets = (0..args.requests)
                 .map(|_| {
@@ -195,6 +227,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (seq, e) in &outcome.refused {
         eprintln!("[{seq}] {e}");
     }
+    warn_unreached_failures(&setup.requested_failures, outcome.wall);
     let placement = Placement::new(
         &setup.plan,
         &setup.cluster,

@@ -11,7 +11,6 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use tokenflow_engine::dataflow::FailureSchedule;
 use tokenflow_engine::dataflow::durable_log::LoggedRun;
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::llama::even_splits;
@@ -53,6 +52,10 @@ pub struct UpArgs {
     /// injection for tests and demos.
     #[arg(long)]
     pub kill: Option<String>,
+    /// Continue the run whose token log is in `--log-dir` (after the supervisor
+    /// itself was killed): unfinished requests resume from their logged tokens.
+    #[arg(long)]
+    pub resume: bool,
     /// Arguments for every `tokenflow run` (prompts, --max-tokens, --cluster, ...), after `--`.
     #[arg(last = true)]
     pub run_args: Vec<String>,
@@ -87,10 +90,7 @@ fn parse_kill(spec: &str) -> anyhow::Result<(usize, KillAt)> {
             .with_context(|| format!("--kill token count `{n}`"))?;
         return Ok((process, KillAt::Tokens(n)));
     }
-    let when = FailureSchedule::parse(&format!("p@{t}"))
-        .map_err(anyhow::Error::msg)?
-        .outages[0]
-        .down_at;
+    let when = tokenflow_planner::units::parse_duration("--kill", t)?;
     Ok((process, KillAt::After(when)))
 }
 
@@ -100,6 +100,40 @@ fn logged_tokens(log: &std::path::Path) -> usize {
         t.lines().filter(|l| l.starts_with("{\"Token\"")).count()
     })
 }
+
+/// Makes the child get SIGKILL when the supervisor dies, however it dies
+/// (SIGKILL included): orphans would go on writing the token log that a new
+/// supervisor resumes.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died before prctl took effect: no one would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere, children get their own process group, which a service manager
+/// can kill as one; there is no parent-death signal to ask for.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+}
+
+#[cfg(not(unix))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 fn up_cluster(args: UpArgs) -> anyhow::Result<()> {
     if args.processes == 0 {
@@ -126,10 +160,16 @@ fn up_cluster(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("creating {}", args.log_dir.display()))?;
     let log = args.log_dir.join("tokens.log");
-    if log.exists() {
+    if log.exists() && !args.resume {
         bail!(
-            "{} exists: remove it, or pick another --log-dir",
+            "{} exists: pass --resume to continue its run, remove it, or pick another --log-dir",
             log.display()
+        );
+    }
+    if args.resume && !log.exists() {
+        bail!(
+            "--resume: {} holds no token log to continue",
+            args.log_dir.display()
         );
     }
     let answers = args.log_dir.join("answers.json");
@@ -177,9 +217,10 @@ fn up_cluster(args: UpArgs) -> anyhow::Result<()> {
                 .args(&args.run_args)
                 .stdout(out.try_clone()?)
                 .stderr(out);
-            if attempt > 0 {
+            if attempt > 0 || args.resume {
                 cmd.arg("--resume");
             }
+            die_with_parent(&mut cmd);
             if rank == 0 {
                 cmd.args(["--tokens-json", &answers.to_string_lossy()]);
             }

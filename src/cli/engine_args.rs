@@ -3,15 +3,16 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
     Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterKind, RunSpec,
 };
 use tokenflow_operators::LlamaModel;
-use tokenflow_operators::llama::parse_splits;
 use tokenflow_operators::profile::static_profile;
 use tokenflow_operators::quant::Numerics;
+use tokenflow_planner::stage_ranges::parse_stage_ranges;
+use tokenflow_planner::units::{duration_from_millis, parse_duration};
 use tokenflow_planner::{Cluster, Plan, PlanOptions, plan_with};
 
 use super::generate::{DEFAULT_MODEL, resolve_model};
@@ -55,7 +56,7 @@ pub struct EngineArgs {
     #[arg(long, default_value = "min-latency")]
     pub router: String,
     /// Timely worker threads (per process).
-    #[arg(long, short = 'w', default_value_t = 1)]
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = positive_usize)]
     pub workers: usize,
     /// Hostfile of a timely cluster: one `host:port` per process.
     #[arg(long, requires = "process")]
@@ -63,17 +64,21 @@ pub struct EngineArgs {
     /// This process's index in the hostfile.
     #[arg(long, requires = "hostfile")]
     pub process: Option<usize>,
+    /// How long a process waits for the others of the hostfile to connect
+    /// (e.g. `30s`) before it stops, naming the missing one.
+    #[arg(long, default_value = "60s")]
+    pub connect_timeout: String,
     /// Do not emulate link delays and GPU speeds of the cluster file.
     #[arg(long)]
     pub no_emulation: bool,
     /// Most tokens in one stage call.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive_usize)]
     pub token_budget: usize,
     /// Longest prefill chunk.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = positive_usize)]
     pub max_prefill_chunk: usize,
-    /// Share of each GPU's memory for weights and KV.
-    #[arg(long)]
+    /// Share of each GPU's memory for weights and KV, in (0, 1].
+    #[arg(long, value_parser = unit_fraction, allow_negative_numbers = true)]
     pub memory_fraction: Option<f64>,
     /// Nodes to kill: `node@TIME` or `node@DOWN-UP`, comma-separated (e.g. `paris-3090@2s-4s`).
     #[arg(long)]
@@ -100,27 +105,110 @@ fn parse_churn(spec: &str, nodes: &[String]) -> anyhow::Result<FailureSchedule> 
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("--churn `{part}`: expected key=value"))?;
-        let duration = |v: &str| -> anyhow::Result<std::time::Duration> {
-            let probe = FailureSchedule::parse(&format!("x@{v}")).map_err(anyhow::Error::msg)?;
-            Ok(probe.outages[0].down_at)
-        };
-        match k {
-            "mtbf" => mtbf = Some(duration(v)?),
-            "mttr" => mttr = Some(duration(v)?),
-            "horizon" => horizon = duration(v)?,
-            "seed" => seed = v.parse().with_context(|| format!("--churn seed `{v}`"))?,
+        match k.trim() {
+            "mtbf" => mtbf = Some(parse_duration("--churn mtbf", v)?),
+            "mttr" => mttr = Some(parse_duration("--churn mttr", v)?),
+            "horizon" => horizon = parse_duration("--churn horizon", v)?,
+            "seed" => {
+                seed = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--churn seed `{v}`: not a whole number"))?
+            }
             other => bail!("--churn: unknown key `{other}` (mtbf, mttr, seed, horizon)"),
         }
     }
     let (Some(mtbf), Some(mttr)) = (mtbf, mttr) else {
         bail!("--churn needs mtbf= and mttr=");
     };
-    if mtbf.is_zero() || mttr.is_zero() {
-        bail!("--churn: mtbf and mttr must be positive");
-    }
     Ok(FailureSchedule::random_churn(
         nodes, mtbf, mttr, horizon, seed,
-    ))
+    )?)
+}
+
+/// A count that must be at least 1 (`--max-tokens`, `--workers`, `--token-budget`, ...).
+pub fn positive_usize(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{text}` is not a whole number ({e})")),
+    }
+}
+
+/// A share in (0, 1] (`--memory-fraction`).
+pub fn unit_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not in (0, 1]")),
+        Err(e) => Err(format!("`{text}` is not a number ({e})")),
+    }
+}
+
+/// Reads a timely host file: one `host:port` per process, `#` comments and
+/// blank lines ignored. Every other line must be an address, and `process`
+/// must be one of them.
+pub fn read_hostfile(path: &Path, process: usize) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--hostfile {}: cannot read it", path.display()))?;
+    let mut hosts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| {
+            anyhow::anyhow!(
+                "--hostfile {}, line {}: `{line}` {why}; expected host:port, e.g. 127.0.0.1:2101",
+                path.display(),
+                i + 1
+            )
+        };
+        let (host, port) = line.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+        if host.is_empty() || host.chars().any(char::is_whitespace) {
+            return Err(bad("has no host name"));
+        }
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad("has no valid port (1-65535)")),
+            Ok(_) => {}
+        }
+        if hosts.iter().any(|h| h == line) {
+            return Err(bad("appears twice"));
+        }
+        hosts.push(line.to_string());
+    }
+    if hosts.is_empty() {
+        bail!("--hostfile {} lists no host", path.display());
+    }
+    if process >= hosts.len() {
+        bail!(
+            "--process {process}: {} lists {} processes (0..{})",
+            path.display(),
+            hosts.len(),
+            hosts.len() - 1
+        );
+    }
+    Ok(hosts)
+}
+
+/// Warns about `--fail` outages that the run ended before: legal, but they
+/// did nothing, and a benchmark "with failures" that had none misleads.
+pub fn warn_unreached_failures(failures: &FailureSchedule, wall: std::time::Duration) {
+    let late: Vec<String> = failures
+        .outages
+        .iter()
+        .filter(|o| o.down_at >= wall)
+        .map(|o| format!("{}@{:.3}s", o.node, o.down_at.as_secs_f64()))
+        .collect();
+    if !late.is_empty() {
+        let shown = late.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        eprintln!(
+            "warning: the run ended after {:.3} s, before {} of {} scheduled failures ({shown}{}): they did nothing",
+            wall.as_secs_f64(),
+            late.len(),
+            failures.outages.len(),
+            if late.len() > 5 { ", ..." } else { "" }
+        );
+    }
 }
 
 /// What the shared options resolve to.
@@ -137,6 +225,8 @@ pub struct EngineSetup {
     pub options: EngineOptions,
     /// Where the workers run.
     pub communication: Communication,
+    /// The outages `--fail` asked for (churn's are drawn past the run on purpose).
+    pub requested_failures: FailureSchedule,
 }
 
 impl EngineSetup {
@@ -162,7 +252,7 @@ impl EngineArgs {
             .with_context(|| format!("opening {}", model_path.display()))?;
         let n_layers = model.config.n_layers;
         let splits = match &self.stages {
-            Some(s) => Some(parse_splits(s).map_err(anyhow::Error::msg)?),
+            Some(s) => Some(parse_stage_ranges(s, n_layers).context("--stages")?),
             None => None,
         };
         let cluster = match &self.cluster {
@@ -174,7 +264,11 @@ impl EngineArgs {
         let plan = if let Some(path) = &self.plan {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("plan {}", path.display()))?
+            let plan: Plan =
+                serde_json::from_str(&text).with_context(|| format!("plan {}", path.display()))?;
+            plan.validate(&cluster, &static_profile(model.name(), &model.config))
+                .with_context(|| format!("plan {}", path.display()))?;
+            plan
         } else if let Some(splits) = splits {
             if splits.len() > cluster.len() {
                 bail!(
@@ -198,7 +292,7 @@ impl EngineArgs {
         };
         let emulate = self.cluster.is_some() && !self.no_emulation;
         let mut failures = match &self.fail {
-            Some(spec) => FailureSchedule::parse(spec).map_err(anyhow::Error::msg)?,
+            Some(spec) => FailureSchedule::parse(spec)?,
             None => FailureSchedule::default(),
         };
         for o in &failures.outages {
@@ -213,8 +307,25 @@ impl EngineArgs {
                 );
             }
         }
+        let requested_failures = failures.clone();
         if let Some(spec) = &self.churn {
             failures.extend(parse_churn(spec, &plan.nodes)?);
+        }
+        let heartbeat = duration_from_millis("--heartbeat-ms", self.heartbeat_ms, true)?;
+        let suspect_after = duration_from_millis("--suspect-ms", self.suspect_ms, true)?;
+        if suspect_after < heartbeat {
+            bail!(
+                "--suspect-ms {} is shorter than --heartbeat-ms {}: a node would be declared down between two heartbeats",
+                self.suspect_ms,
+                self.heartbeat_ms
+            );
+        }
+        if self.max_prefill_chunk > self.token_budget {
+            bail!(
+                "--max-prefill-chunk {} is larger than --token-budget {}",
+                self.max_prefill_chunk,
+                self.token_budget
+            );
         }
         let options = EngineOptions {
             token_budget: self.token_budget,
@@ -230,29 +341,18 @@ impl EngineArgs {
                 ..PlacementOptions::default()
             },
             failures,
-            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
-            suspect_after: std::time::Duration::from_millis(self.suspect_ms),
+            heartbeat,
+            suspect_after,
             numerics: self.numerics,
+            connect_timeout: parse_duration("--connect-timeout", &self.connect_timeout)?,
             ..EngineOptions::default()
         };
         let communication = match (&self.hostfile, self.process) {
-            (Some(path), Some(process)) => {
-                let hosts: Vec<String> = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                if hosts.is_empty() {
-                    bail!("{} lists no host", path.display());
-                }
-                Communication::Cluster {
-                    workers: self.workers,
-                    process,
-                    hosts,
-                }
-            }
+            (Some(path), Some(process)) => Communication::Cluster {
+                workers: self.workers,
+                process,
+                hosts: read_hostfile(path, process)?,
+            },
             _ => Communication::Threads(self.workers),
         };
         Ok(EngineSetup {
@@ -262,6 +362,58 @@ impl EngineArgs {
             plan,
             options,
             communication,
+            requested_failures,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Option parsers give a value or an error for any text, never a panic.
+        #[test]
+        fn option_parsers_never_panic(text in "\\PC{0,40}") {
+            let _ = positive_usize(&text);
+            let _ = unit_fraction(&text);
+            let _ = parse_churn(&text, &["a".into(), "b".into()]);
+            let _ = text.parse::<super::super::bench::LengthDist>();
+        }
+
+        #[test]
+        fn churn_shaped_text(k in "(mtbf|mttr|horizon|seed|x)", v in "[0-9.e+-]{0,8}(ms|s|m|h|)") {
+            let _ = parse_churn(&format!("{k}={v},mttr=1s,mtbf=2s"), &["a".into()]);
+        }
+
+        /// Any host file is a list of addresses or an error naming a line.
+        #[test]
+        fn hostfiles_never_panic(text in "[\\PC\n]{0,80}", process in 0usize..4) {
+            let path = std::env::temp_dir().join(format!(
+                "tokenflow-hostfile-prop-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::write(&path, &text).unwrap();
+            if let Ok(hosts) = read_hostfile(&path, process) {
+                prop_assert!(process < hosts.len());
+                for h in &hosts {
+                    prop_assert!(h.rsplit_once(':').is_some());
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    #[test]
+    fn unit_fraction_bounds() {
+        assert_eq!(unit_fraction("0.5"), Ok(0.5));
+        assert_eq!(unit_fraction("1"), Ok(1.0));
+        for bad in ["0", "-0.1", "1.01", "NaN", "inf", "x", ""] {
+            assert!(unit_fraction(bad).is_err(), "{bad}");
+        }
+        assert!(positive_usize("0").is_err());
+        assert_eq!(positive_usize("3"), Ok(3));
     }
 }

@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::Instant;
 use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
 use tokenflow_operators::chat::render_user_prompt;
-use tokenflow_operators::llama::{even_splits, parse_splits};
+use tokenflow_operators::llama::even_splits;
 use tokenflow_operators::quant::{KernelSet, Numerics};
 use tokenflow_operators::tokenizer::TokenTextStream;
 use tokenflow_operators::{LlamaModel, SamplingParams};
+use tokenflow_planner::stage_ranges::parse_stage_ranges;
 
 /// Arguments of `tokenflow generate`.
 #[derive(Debug, Args)]
@@ -26,20 +27,20 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens to generate (at least 1).
+    #[arg(long, default_value_t = 128, value_parser = super::engine_args::positive_usize)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Penalty on tokens already seen (1 = none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
     /// Seed of sampling.
     #[arg(long, default_value_t = 0)]
@@ -94,14 +95,20 @@ pub fn resolve_model(path: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs `tokenflow generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    // Options first: nothing is loaded for a run that cannot start.
+    let sampling = SamplingParams::new(
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.repetition_penalty,
+        args.seed,
+    )?;
     let path = resolve_model(&args.model)?;
     let model = LlamaModel::open(&path)
         .with_context(|| format!("opening model {}", path.display()))?
         .with_numerics(args.numerics);
     let splits = match &args.stages {
-        Some(s) => parse_splits(s)
-            .map_err(anyhow::Error::msg)
-            .context("--stages")?,
+        Some(s) => parse_stage_ranges(s, model.config.n_layers).context("--stages")?,
         None => even_splits(model.config.n_layers, 1),
     };
     let load_start = Instant::now();
@@ -122,13 +129,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             stop_tokens.push(ids[0]);
         }
     }
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-    };
+
     let mut generator = DirectGenerator::new(pipeline, GeneratorConfig::default());
     generator.submit(Request {
         id: 0,

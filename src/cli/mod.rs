@@ -6,6 +6,7 @@ pub mod engine_args;
 pub mod fidelity;
 pub mod generate;
 pub mod load;
+pub mod output_paths;
 pub mod plan;
 pub mod profile;
 pub mod recovery;

@@ -25,7 +25,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub compare: bool,
     /// Time limit of the max-flow MILP in seconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub milp_time_limit: Option<f64>,
     /// Folder for plan.json / compare.{md,csv,json,svg}.
     #[arg(long)]
@@ -52,11 +52,15 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 
 /// Runs `tokenflow plan`.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.out {
+        super::output_paths::check_output_dir("--out", dir)?;
+    }
     let cluster = Cluster::from_path(&args.cluster)
         .with_context(|| format!("cluster {}", args.cluster.display()))?;
     let model = load_profile(&args.model)?;
     let mut options = PlanOptions::default();
     if let Some(t) = args.milp_time_limit {
+        tokenflow_planner::units::duration_from_secs("--milp-time-limit", t)?;
         options.milp_time_limit_s = t;
     }
     if args.compare {

@@ -12,7 +12,8 @@ use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 use tokenflow_operators::SamplingParams;
 use tokenflow_operators::chat::render_user_prompt;
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{EngineArgs, positive_usize, warn_unreached_failures};
+use super::output_paths::{check_output_dir, check_output_file};
 use super::report::{print_summary, write_outputs};
 
 /// Arguments of `tokenflow run`.
@@ -27,8 +28,8 @@ pub struct RunArgs {
     /// Wrap prompts in the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Most tokens per request.
-    #[arg(long, default_value_t = 64)]
+    /// Most tokens per request (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = positive_usize)]
     pub max_tokens: usize,
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
@@ -45,13 +46,23 @@ pub struct RunArgs {
     /// Append every submission, token and completion durably to this file (JSON lines).
     #[arg(long)]
     pub token_log: Option<PathBuf>,
-    /// Continue the unfinished requests of `--token-log` (its requests replace `--prompt`).
+    /// Continue the unfinished requests of `--token-log` (its requests replace `--prompt`;
+    /// prompts it never logged, as after a kill mid-submission, are started).
     #[arg(long, requires = "token_log")]
     pub resume: bool,
 }
 
 /// Runs `tokenflow run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.out {
+        check_output_dir("--out", dir)?;
+    }
+    if let Some(path) = &args.tokens_json {
+        check_output_file("--tokens-json", path)?;
+    }
+    if let Some(path) = &args.token_log {
+        check_output_file("--token-log", path)?;
+    }
     let mut setup = args.engine.resolve()?;
     let tok = setup.model.tokenizer.clone();
     let tok = &tok;
@@ -89,17 +100,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     path.display()
                 );
             }
+            // Requests the killed run never logged were never started: run them too.
+            let never_logged: Vec<Request> = requests
+                .into_iter()
+                .filter(|r| !logged.requests.iter().any(|q| q.id == r.id))
+                .collect();
             requests = logged.unfinished();
             setup.options.resumed = requests
                 .iter()
                 .map(|r| (r.id, logged.tokens.get(&r.id).map_or(0, Vec::len)))
                 .collect();
             eprintln!(
-                "resuming {} unfinished of {} requests from {}",
+                "resuming {} unfinished of {} logged requests from {}{}",
                 requests.len(),
                 logged.requests.len(),
-                path.display()
+                path.display(),
+                match never_logged.len() {
+                    0 => String::new(),
+                    n => format!(", and starting {n} it never logged"),
+                }
             );
+            requests.extend(never_logged);
         }
         setup.options.token_log = Some(path.clone());
     }
@@ -123,6 +144,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     println!();
+    warn_unreached_failures(&setup.requested_failures, outcome.wall);
     let mut by_seq: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     match &args.token_log {
         // The log holds every token, including those of earlier, interrupted runs.

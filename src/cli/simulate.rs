@@ -34,7 +34,7 @@ pub struct SimulateArgs {
     /// or `trace:FILE` (CSV node,start_s,end_s,state, as the Failure Trace Archive's intervals).
     #[arg(long, default_value = "none")]
     pub churn: String,
-    /// Arrival window (`300`, `300s`, `5m`, `1h`).
+    /// Arrival window (`300s`, `5m`, `1h`).
     #[arg(long, default_value = "300s")]
     pub duration: String,
     /// How long to keep serving after the last arrival before counting the rest as
@@ -57,22 +57,22 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "auto")]
     pub route_cache: String,
     /// Most tokens in one batch of a node.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::engine_args::positive_usize)]
     pub token_budget: usize,
     /// Longest prefill chunk.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::engine_args::positive_usize)]
     pub max_prefill_chunk: usize,
     /// Most sequences in one batch of a node.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::engine_args::positive_usize)]
     pub max_batch_sequences: usize,
     /// Most sequences running at once (default: only KV memory limits).
-    #[arg(long)]
+    #[arg(long, value_parser = super::engine_args::positive_usize)]
     pub max_running: Option<usize>,
     /// Bandwidth of the weight source for nodes loading layers, Gbit/s (capped by their downlink).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub weight_source_gbps: f64,
     /// Time limit of the max-flow MILP in seconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub milp_time_limit: Option<f64>,
     /// Folder for compare.{md,csv,json}, latency.svg, throughput.svg and `.hgrm` files.
     #[arg(long)]
@@ -81,19 +81,29 @@ pub struct SimulateArgs {
 
 /// Runs `tokenflow simulate`.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.out {
+        super::output_paths::check_output_dir("--out", dir)?;
+    }
     let cluster = SimCluster::from_path(&args.cluster)
         .with_context(|| format!("cluster {}", args.cluster.display()))?;
     let model = super::plan::load_profile(&args.model)?;
     let strategies = strategy_list(&args.strategies)?;
-    let duration_s = duration("duration", &args.duration)?;
+    let duration_s = duration("--duration", &args.duration)?;
     let drain_s = match args.drain.as_deref() {
         None => Some(duration_s),
         Some("inf") | Some("none") => None,
-        Some(d) => Some(duration("drain", d)?),
+        Some(d) => Some(duration("--drain", d)?),
     };
     let mut options = PlanOptions::default();
     if let Some(t) = args.milp_time_limit {
+        tokenflow_planner::units::duration_from_secs("--milp-time-limit", t)?;
         options.milp_time_limit_s = t;
+    }
+    if !(args.weight_source_gbps.is_finite() && args.weight_source_gbps > 0.0) {
+        anyhow::bail!(
+            "--weight-source-gbps {}: must be a positive, finite bandwidth",
+            args.weight_source_gbps
+        );
     }
     let config = SimConfig {
         token_budget: args.token_budget,
@@ -123,18 +133,26 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         sim.churn().iter().filter(|e| !e.up).count(),
         strategies.len()
     );
-    let total = sim.requests().len() as u64;
-    let bar = ProgressBar::new(total * strategies.len() as u64);
+    // Each strategy is STEPS on the bar, filled by the share of its run done.
+    const STEPS: u64 = 1000;
+    let bar = ProgressBar::new(STEPS * strategies.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed}]")
+        ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} [{elapsed}, eta {eta}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let names = strategies.clone();
     let started = std::time::Instant::now();
     let comparison = sim.compare(&strategies, &mut |name, p| {
         let k = names.iter().position(|n| n == name).unwrap_or(0) as u64;
-        bar.set_position(k * total + p.done);
-        bar.set_message(format!("{name} at t = {:.0} s", p.time_s));
+        bar.set_position(k * STEPS + (p.fraction() * STEPS as f64) as u64);
+        if p.planning {
+            bar.set_message(format!("{name}: planning"));
+        } else {
+            bar.set_message(format!(
+                "{name}: t = {:.0} s, {}/{} requests",
+                p.time_s, p.done, p.total
+            ));
+        }
     });
     bar.finish_and_clear();
     let events: u64 = comparison.rows.iter().map(|r| r.stats.events).sum();

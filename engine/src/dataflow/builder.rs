@@ -120,6 +120,9 @@ pub struct EngineOptions {
     pub suspect_after: Duration,
     /// A sequence left without any path for this long fails.
     pub stall_timeout: Duration,
+    /// How long a process of a timely cluster waits for its peers to connect
+    /// (and answer the handshake) before it gives up naming the missing one.
+    pub connect_timeout: Duration,
     /// Where `run` appends its durable token log (none: no log).
     pub token_log: Option<PathBuf>,
     /// Tokens already logged per resumed request: their new tokens are logged
@@ -144,6 +147,7 @@ impl Default for EngineOptions {
             heartbeat: Duration::from_millis(50),
             suspect_after: Duration::from_millis(2000),
             stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(60),
             token_log: None,
             resumed: BTreeMap::new(),
             numerics: Numerics::default(),

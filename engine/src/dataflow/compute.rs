@@ -67,10 +67,10 @@ impl ComputeThread {
                         run_batch(&mut job.kernel, &mut job.batch, job.hidden)
                     }));
                     if ran.is_err() {
-                        job.kernel.clear();
-                        for msg in &mut job.batch {
-                            msg.payload = Payload::Failed("the stage call panicked".into());
-                        }
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            job.kernel.clear()
+                        }));
+                        fail_all(&mut job.batch, "the stage call panicked");
                     }
                     let done = ComputeDone {
                         node: job.node,
@@ -91,11 +91,25 @@ impl ComputeThread {
         })
     }
 
-    /// Queues a call; it runs after those queued before it.
+    /// Queues a call; it runs after those queued before it. Should the thread
+    /// be gone (it only ends when its handle is dropped, but a bug must not
+    /// hang or panic the worker), the call's sequences fail at once instead.
     pub fn submit(&self, job: ComputeJob) {
-        if let Some(jobs) = &self.jobs {
-            jobs.send(job)
-                .expect("the compute thread runs until its handle is dropped");
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if let Err(crossbeam_channel::SendError(mut job)) = jobs.send(job) {
+            fail_all(&mut job.batch, "the compute thread of this worker is gone");
+            let done = ComputeDone {
+                node: job.node,
+                kernel: job.kernel,
+                batch: job.batch,
+                compute_us: 0,
+                finished_us: now_us(),
+            };
+            if job.done.send(done).is_ok() {
+                let _ = job.activator.activate();
+            }
         }
     }
 }
@@ -106,6 +120,12 @@ impl Drop for ComputeThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+fn fail_all(batch: &mut [StepMsg], why: &str) {
+    for msg in batch {
+        msg.payload = Payload::Failed(why.into());
     }
 }
 

@@ -127,6 +127,14 @@ pub enum RequestError {
         /// Largest KV capacity among the stage's replicas.
         largest: u64,
     },
+    /// A sampling parameter out of its range.
+    #[error("request {seq} refused: {source}")]
+    BadSampling {
+        /// The sequence.
+        seq: SeqId,
+        /// Which parameter, and its range.
+        source: tokenflow_operators::SamplingError,
+    },
     /// Another request already uses the id.
     #[error("request {seq} refused: the id is already in use")]
     DuplicateId {
@@ -166,6 +174,9 @@ pub enum EngineError {
     /// Timely could not start or a worker failed.
     #[error("timely: {0}")]
     Timely(String),
+    /// The processes of a cluster could not be connected, or disagree.
+    #[error(transparent)]
+    Mesh(#[from] super::mesh::MeshError),
     /// The durable token log failed.
     #[error(transparent)]
     Log(#[from] super::durable_log::LogError),

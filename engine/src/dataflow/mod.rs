@@ -14,6 +14,7 @@ pub mod error;
 pub mod faults;
 pub mod kernel;
 pub mod link;
+pub mod mesh;
 pub mod message;
 pub mod metrics;
 pub mod placement;
@@ -24,7 +25,7 @@ pub mod stage_op;
 
 pub use builder::{EngineOptions, EngineStreams, InferenceDataflow, RouterKind};
 pub use error::{EngineError, PlacementError, RequestError};
-pub use faults::{FailureSchedule, Outage};
+pub use faults::{FailureSchedule, FaultSpecError, Outage};
 pub use metrics::EngineMetrics;
 pub use placement::{LinkModel, Placement, PlacementOptions};
 pub use runner::{Arrivals, Communication, FinishedRequest, RunOutcome, RunSpec, run};

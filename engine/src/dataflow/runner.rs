@@ -8,6 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::{CommunicationConfig, WorkerConfig};
@@ -18,6 +20,7 @@ use super::builder::{EngineOptions, InferenceDataflow};
 use super::clock::now_us;
 use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
+use super::mesh::{Fingerprint, connect_mesh, model_fingerprint_bytes};
 use super::metrics::EngineMetrics;
 use super::sequencer::{EngineEvent, RequestTiming, Submission};
 use crate::request::{FinishReason, Request, TokenLog};
@@ -95,6 +98,34 @@ impl Communication {
             worker,
         })
     }
+}
+
+/// What every process of a cluster must agree on before any token: the
+/// binary, the model file, the plan, the cluster, the options that shape the
+/// dataflow, the worker count and the host list. Options only process 0 uses
+/// (its token log and what it resumes) are left out.
+fn fingerprint(
+    model_path: &std::path::Path,
+    plan: &Plan,
+    cluster: &Cluster,
+    options: &EngineOptions,
+    workers: usize,
+    hosts: &[String],
+) -> Result<Fingerprint, EngineError> {
+    let model = model_fingerprint_bytes(model_path)
+        .map_err(|e| EngineError::Model(format!("{}: {e}", model_path.display())))?;
+    let plan = serde_json::to_vec(plan).map_err(|e| EngineError::Timely(e.to_string()))?;
+    let mut shared = options.clone();
+    shared.token_log = None;
+    shared.resumed = Default::default();
+    Ok(Fingerprint::default()
+        .with("version", env!("CARGO_PKG_VERSION").as_bytes())
+        .with("model", &model)
+        .with("plan", &plan)
+        .with("cluster", format!("{:?}", cluster.nodes).as_bytes())
+        .with("options", format!("{shared:?}").as_bytes())
+        .with("workers", &workers.to_le_bytes())
+        .with("hosts", hosts.join("\n").as_bytes()))
 }
 
 /// When requests enter.
@@ -185,9 +216,41 @@ pub fn run(
     let config = spec.communication.config()?;
     let requests = Arc::new(spec.requests);
     let arrivals = Arc::new(spec.arrivals);
-    let guards = timely::execute(config, move |worker| {
+    let work = move |worker: &mut timely::worker::Worker| {
         drive_worker(worker, &engine, &requests, &arrivals, observer.as_ref())
-    })
+    };
+    let guards = match &spec.communication {
+        Communication::Cluster {
+            workers,
+            process,
+            hosts,
+        } => {
+            let fingerprint = fingerprint(
+                &spec.model_path,
+                &spec.plan,
+                &spec.cluster,
+                &spec.options,
+                *workers,
+                hosts,
+            )?;
+            let sockets =
+                connect_mesh(hosts, *process, &fingerprint, spec.options.connect_timeout)?;
+            let hooks = timely::communication::Hooks::default();
+            let local = ProcessBuilder::new_typed_vector(
+                *workers,
+                hooks.refill.clone(),
+                hooks.spill.clone(),
+            );
+            let (builders, guard) =
+                initialize_networking_from_sockets(local, sockets, *process, *workers, hooks)
+                    .map_err(|e| {
+                        EngineError::Timely(format!("starting timely's network threads: {e}"))
+                    })?;
+            let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+            timely::execute::execute_from(builders, Box::new(guard), config.worker, work)
+        }
+        _ => timely::execute(config, work),
+    }
     .map_err(EngineError::Timely)?;
     let mut first = None;
     for result in guards.join() {
@@ -252,10 +315,16 @@ fn drive_worker(
     let start = Instant::now();
     let options = engine.options();
     let mut log = match (&options.token_log, index) {
-        (Some(path), 0) => Some(DurableLog {
-            writer: DurableLogWriter::open(path, Duration::from_millis(100))?,
-            resumed: options.resumed.clone(),
-        }),
+        (Some(path), 0) => {
+            let writer = DurableLogWriter::open(path, Duration::from_millis(100))?;
+            if let Some(repair) = writer.repaired() {
+                eprintln!("token log {}: {repair}", path.display());
+            }
+            Some(DurableLog {
+                writer,
+                resumed: options.resumed.clone(),
+            })
+        }
         _ => None,
     };
     let mut input = Some(input);

@@ -253,6 +253,9 @@ impl SequencerState {
         if r.prompt.is_empty() {
             return Err(bad("the prompt is empty".into()));
         }
+        r.sampling
+            .validate()
+            .map_err(|source| RequestError::BadSampling { seq: r.id, source })?;
         if let Some(&t) = r
             .prompt
             .iter()

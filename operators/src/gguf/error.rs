@@ -13,6 +13,15 @@ pub enum GgufError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The path names something that is not a regular file (a directory, a
+    /// device, a pipe): it cannot be memory-mapped as a model.
+    #[error("{path} is {kind}, not a GGUF file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("a directory", ...).
+        kind: &'static str,
+    },
     /// The first four bytes are not `GGUF`.
     #[error("not a GGUF file: magic bytes {found:02x?}, expected \"GGUF\"")]
     BadMagic {

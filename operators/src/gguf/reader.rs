@@ -110,6 +110,17 @@ impl GgufFile {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
+        let kind = file.metadata().map_err(io)?.file_type();
+        if !kind.is_file() {
+            return Err(GgufError::NotAFile {
+                path: path.to_path_buf(),
+                kind: if kind.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file"
+                },
+            });
+        }
         // Safety: the mapping is read-only; a file truncated under us by another
         // process is outside what any mmap-based reader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;

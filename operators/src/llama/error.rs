@@ -9,6 +9,9 @@ pub enum StageError {
     /// Loading weights failed.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// A request's sampling parameter is out of range.
+    #[error(transparent)]
+    Sampling(#[from] crate::sampler::SamplingError),
     /// A weight matrix cannot be computed from its blocks.
     #[error(transparent)]
     Quant(crate::quant::QuantError),

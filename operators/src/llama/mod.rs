@@ -166,27 +166,6 @@ pub fn check_splits(splits: &[Range<usize>], n_layers: usize) -> Result<(), Stag
     Ok(())
 }
 
-/// Parses `0..10,10..20,20..30` into ranges.
-pub fn parse_splits(text: &str) -> Result<Vec<Range<usize>>, String> {
-    text.split(',')
-        .map(|part| {
-            let (a, b) = part
-                .trim()
-                .split_once("..")
-                .ok_or_else(|| format!("{part:?} is not a range like 0..10"))?;
-            let a = a
-                .trim()
-                .parse()
-                .map_err(|_| format!("{a:?} is not a layer number"))?;
-            let b = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("{b:?} is not a layer number"))?;
-            Ok(a..b)
-        })
-        .collect()
-}
-
 /// `n` contiguous ranges splitting `0..n_layers` as evenly as possible.
 pub fn even_splits(n_layers: usize, n: usize) -> Vec<Range<usize>> {
     let n = n.clamp(1, n_layers);

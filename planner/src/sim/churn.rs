@@ -13,7 +13,7 @@
 //! `scale=X` (`speedup=X` for Weibull, whose `scale` is its own parameter)
 //! divides every up and down time by X: the same availability, X times as many
 //! failures, so that a run of minutes sees the churn of hours. Durations take
-//! `ms`, `s`, `m` or `h` (seconds without a unit).
+//! `ms`, `s`, `m` or `h` (a unit is required, see [`crate::units`]).
 //!
 //! Every node starts up. A trace file is CSV in the spirit of the Failure Trace
 //! Archive's event tables: `node,start_s,end_s,state`, one interval per line,
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{SimError, positive};
+use super::error::{SimError, fitting, positive, too_large};
 use super::random::{self, Purpose};
 use super::spec::KeyValues;
 use crate::cluster::Cluster;
@@ -183,17 +183,90 @@ impl ChurnSpec {
 
     /// Every failure and return before `horizon_s`, sorted by time (then node),
     /// drawn with `seed` from one stream per node: the same for every strategy.
+    /// Refuses, before drawing them, events that cannot fit in the memory
+    /// available now (see [`ChurnSpec::timeline_within`]).
     pub fn timeline(
         &self,
         cluster: &Cluster,
         horizon_s: f64,
         seed: u64,
     ) -> Result<Vec<ChurnEvent>, SimError> {
+        self.timeline_within(cluster, horizon_s, seed, crate::error::available_memory())
+    }
+
+    /// How many failures and returns happen before `horizon_s` on average:
+    /// per node, two per mean up-plus-down cycle (the renewal rate); `None` for a
+    /// trace (its lines count).
+    pub fn expected_events(&self, cluster: &Cluster, horizon_s: f64) -> Option<f64> {
+        let cycles = |up: f64, down: f64| {
+            if up.is_finite() {
+                2.0 * horizon_s / (up + down)
+            } else {
+                0.0 // never fails
+            }
+        };
+        match self {
+            ChurnSpec::None => Some(0.0),
+            ChurnSpec::Trace { .. } => None,
+            ChurnSpec::Exponential {
+                mtbf_s,
+                mttr_s,
+                scale,
+            } => Some(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|node| {
+                        let a = node.availability;
+                        let up = mtbf_s.unwrap_or(a.mtbf_hours * 3600.0) / scale;
+                        let down = mttr_s.unwrap_or(a.mttr_hours * 3600.0) / scale;
+                        cycles(up, down)
+                    })
+                    .sum(),
+            ),
+            ChurnSpec::Weibull {
+                shape,
+                scale_s,
+                down_shape,
+                down_scale_s,
+                speedup,
+            } => {
+                let mean = |k: f64, scale: f64| scale * gamma_fn(1.0 + 1.0 / k) / speedup;
+                let up = mean(*shape, *scale_s);
+                let down = mean(*down_shape, *down_scale_s);
+                Some(cluster.len() as f64 * cycles(up, down))
+            }
+        }
+    }
+
+    /// [`ChurnSpec::timeline`] with `memory_bytes` for the events instead of
+    /// the memory available now: refused when the expected count (or a trace's
+    /// size) needs more, at [`bytes_per_event`] each, or as soon as the draws
+    /// pass what fits, so that tiny up and down times over a long horizon
+    /// neither loop for long nor exhaust memory. Within the limit the events
+    /// are the same.
+    pub fn timeline_within(
+        &self,
+        cluster: &Cluster,
+        horizon_s: f64,
+        seed: u64,
+        memory_bytes: u64,
+    ) -> Result<Vec<ChurnEvent>, SimError> {
+        let each = bytes_per_event();
+        let fit = fitting(memory_bytes, each);
+        let refuse =
+            |count: f64| too_large("churn", "failures and returns", count, each, memory_bytes);
+        // Not `n > fit`: a NaN count is refused too.
+        if let Some(n) = self.expected_events(cluster, horizon_s)
+            && !n.le(&(fit as f64))
+        {
+            return Err(refuse(n));
+        }
         let mut out = Vec::new();
         match self {
             ChurnSpec::None => {}
             ChurnSpec::Trace { path } => {
-                out = read_trace(path, cluster)?;
+                out = read_trace_within(path, cluster, memory_bytes)?;
                 out.retain(|e| e.time_s < horizon_s);
             }
             ChurnSpec::Exponential {
@@ -209,12 +282,13 @@ impl ChurnSpec {
                         continue; // never fails
                     }
                     let mut rng = random::stream(seed, Purpose::Churn, i as u64);
-                    renewal(&mut out, i as u32, horizon_s, || {
+                    renewal(&mut out, fit, i as u32, horizon_s, || {
                         (
                             random::exponential(&mut rng, up),
                             random::exponential(&mut rng, down),
                         )
-                    });
+                    })
+                    .map_err(|n| refuse(n as f64))?;
                 }
             }
             ChurnSpec::Weibull {
@@ -226,12 +300,13 @@ impl ChurnSpec {
             } => {
                 for i in 0..cluster.len() {
                     let mut rng = random::stream(seed, Purpose::Churn, i as u64);
-                    renewal(&mut out, i as u32, horizon_s, || {
+                    renewal(&mut out, fit, i as u32, horizon_s, || {
                         (
                             random::weibull(&mut rng, *shape, *scale_s) / speedup,
                             random::weibull(&mut rng, *down_shape, *down_scale_s) / speedup,
                         )
-                    });
+                    })
+                    .map_err(|n| refuse(n as f64))?;
                 }
             }
         }
@@ -245,18 +320,56 @@ impl ChurnSpec {
     }
 }
 
+/// Bytes a simulation holds per churn event: the event, the sort's buffer
+/// (half the events) and its time in each run's timeline.
+pub fn bytes_per_event() -> u64 {
+    use std::mem::size_of;
+    (size_of::<ChurnEvent>() + size_of::<ChurnEvent>() / 2 + size_of::<f64>()) as u64
+}
+
+/// The gamma function for x >= 1 (Lanczos, g = 7: about 15 digits), for the
+/// means of Weibull times; infinite past f64's range.
+fn gamma_fn(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    let x = x - 1.0;
+    let mut a = C[0];
+    for (k, &c) in C.iter().enumerate().skip(1) {
+        a += c / (x + k as f64);
+    }
+    let t = x + G + 0.5;
+    let ln = 0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln();
+    ln.exp()
+}
+
+/// Appends one node's alternating failures and returns before `horizon_s`;
+/// `Err(count)` once the events would pass `fit`.
 fn renewal(
     out: &mut Vec<ChurnEvent>,
+    fit: u64,
     node: u32,
     horizon_s: f64,
     mut draw: impl FnMut() -> (f64, f64),
-) {
+) -> Result<(), usize> {
     let mut t = 0.0;
     loop {
         let (up, down) = draw();
         t += up;
         if t >= horizon_s {
-            return;
+            return Ok(());
+        }
+        if out.len() as u64 + 2 > fit {
+            return Err(out.len() + 2);
         }
         out.push(ChurnEvent {
             time_s: t,
@@ -265,7 +378,7 @@ fn renewal(
         });
         t += down;
         if t >= horizon_s {
-            return;
+            return Ok(());
         }
         out.push(ChurnEvent {
             time_s: t,
@@ -277,11 +390,20 @@ fn renewal(
 
 /// Reads a churn trace (see the module documentation) against `cluster`.
 pub fn read_trace(path: &Path, cluster: &Cluster) -> Result<Vec<ChurnEvent>, SimError> {
+    read_trace_within(path, cluster, crate::error::available_memory())
+}
+
+/// [`read_trace`], refusing a file whose text, or whose lines as events (two
+/// per line at [`bytes_per_event`] each, and the interval kept while parsing),
+/// need more than `memory_bytes`.
+pub fn read_trace_within(
+    path: &Path,
+    cluster: &Cluster,
+    memory_bytes: u64,
+) -> Result<Vec<ChurnEvent>, SimError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
-        path: shown.clone(),
-        message: e.to_string(),
-    })?;
+    let line_bytes = 2 * bytes_per_event() + std::mem::size_of::<(u32, f64, f64, usize)>() as u64;
+    let text = super::workload::read_bounded(path, memory_bytes, "churn", "intervals", line_bytes)?;
     parse_trace(&shown, &text, cluster)
 }
 
@@ -379,5 +501,46 @@ fn parse_time(s: &str) -> Option<f64> {
     match s {
         "inf" | "infinity" | "" => Some(f64::INFINITY),
         _ => s.parse::<f64>().ok().filter(|v| !v.is_nan()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gamma_function_matches_known_values() {
+        for (x, want) in [
+            (1.0, 1.0),
+            (1.5, 0.886_226_925_452_758),
+            (2.0, 1.0),
+            (5.0, 24.0),
+            (11.0, 3_628_800.0),
+        ] {
+            let got = gamma_fn(x);
+            assert!((got - want).abs() <= 1e-12 * want, "gamma({x}) = {got}");
+        }
+        assert!(gamma_fn(1e4).is_infinite());
+    }
+
+    #[test]
+    fn renewal_stops_at_what_fits() {
+        let mut out = Vec::new();
+        // Up 1 s, down 1 s, over 100 s: 100 events, but only 10 fit.
+        assert_eq!(renewal(&mut out, 10, 0, 100.0, || (1.0, 1.0)), Err(12));
+        assert_eq!(out.len(), 10);
+        out.clear();
+        assert_eq!(renewal(&mut out, 1000, 0, 100.0, || (1.0, 1.0)), Ok(()));
+        assert_eq!(out.len(), 99);
+        // Draws that no longer move time (1e-300 s after t = 1) end in the
+        // refusal, not in an endless loop.
+        out.clear();
+        let mut first = true;
+        let draws = || {
+            let up = if first { 1.0 } else { 1e-300 };
+            first = false;
+            (up, 1e-300)
+        };
+        assert!(renewal(&mut out, 1000, 0, 2.0, draws).is_err());
     }
 }

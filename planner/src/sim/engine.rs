@@ -216,6 +216,41 @@ pub struct Progress {
     pub total: u64,
     /// Events so far.
     pub events: u64,
+    /// Simulated time at which the run stops at the latest (arrival window
+    /// plus drain); `None`: it runs until every request is done.
+    pub horizon_s: Option<f64>,
+    /// The strategy is planning; the run has not started.
+    pub planning: bool,
+}
+
+impl Progress {
+    /// Progress before the first event, while the strategy plans.
+    pub fn planning(total: u64, horizon_s: Option<f64>) -> Progress {
+        Progress {
+            time_s: 0.0,
+            done: 0,
+            total,
+            events: 0,
+            horizon_s,
+            planning: true,
+        }
+    }
+
+    /// Share of the run done, in [0, 1]: of the requests resolved, or of the
+    /// simulated time to the horizon, whichever is further (the run ends at
+    /// the first of the two).
+    pub fn fraction(&self) -> f64 {
+        let by_requests = if self.total > 0 {
+            self.done as f64 / self.total as f64
+        } else {
+            1.0
+        };
+        let by_time = match self.horizon_s {
+            Some(h) if h > 0.0 => self.time_s / h,
+            _ => 0.0,
+        };
+        by_requests.max(by_time).clamp(0.0, 1.0)
+    }
 }
 
 /// Inputs of one run.
@@ -586,6 +621,7 @@ impl<'a> Sim<'a> {
             self.push(t, Ev::Churn(0));
         }
         let total = self.stats.requests;
+        let horizon_s = (self.horizon != u64::MAX).then(|| to_s(self.horizon));
         while let Some(e) = self.heap.pop() {
             if e.time > self.horizon {
                 self.now = self.horizon;
@@ -614,6 +650,8 @@ impl<'a> Sim<'a> {
                     done: self.resolved,
                     total,
                     events: self.stats.events,
+                    horizon_s,
+                    planning: false,
                 });
             }
             if self.resolved == total {
@@ -630,6 +668,8 @@ impl<'a> Sim<'a> {
             done: self.resolved,
             total,
             events: self.stats.events,
+            horizon_s,
+            planning: false,
         });
         self.finish(end)
     }
@@ -1689,5 +1729,32 @@ impl<'a> Sim<'a> {
                 self.stats.replan_failures += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_the_further_of_requests_and_time() {
+        let mut p = Progress {
+            time_s: 30.0,
+            done: 10,
+            total: 100,
+            events: 1,
+            horizon_s: Some(600.0),
+            planning: false,
+        };
+        assert!((p.fraction() - 0.1).abs() < 1e-12);
+        p.time_s = 300.0;
+        assert!((p.fraction() - 0.5).abs() < 1e-12);
+        p.horizon_s = None;
+        assert!((p.fraction() - 0.1).abs() < 1e-12);
+        p.time_s = 1e9;
+        p.horizon_s = Some(600.0);
+        assert_eq!(p.fraction(), 1.0);
+        let q = Progress::planning(100, Some(600.0));
+        assert!(q.planning && q.fraction() == 0.0);
     }
 }

@@ -70,6 +70,23 @@ pub enum SimError {
         /// Arrival window in seconds.
         duration_s: f64,
     },
+    /// A workload or churn model whose requests or events cannot fit in
+    /// memory, refused before they are drawn.
+    #[error(
+        "{field}: {what} would need about {} of memory, more than the {} available",
+        crate::error::bytes_text(*.needed_bytes),
+        crate::error::bytes_text(*.available_bytes)
+    )]
+    TooLarge {
+        /// What sets the size, e.g. `load.rate x duration` or `churn`.
+        field: String,
+        /// What would be built, e.g. `3e14 requests (96 bytes each)`.
+        what: String,
+        /// Estimated bytes.
+        needed_bytes: u64,
+        /// Bytes available.
+        available_bytes: u64,
+    },
     /// Planning failed (unknown strategy, model that does not fit, invalid plan, ...).
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -104,5 +121,36 @@ pub(crate) fn non_negative(field: &str, value: f64) -> Result<f64, SimError> {
             requirement: "non-negative and finite".into(),
             value,
         })
+    }
+}
+
+/// A cap on how many items of `item_bytes` each fit in `memory_bytes`.
+pub(crate) fn fitting(memory_bytes: u64, item_bytes: u64) -> u64 {
+    memory_bytes / item_bytes.max(1)
+}
+
+/// The refusal of `count` items of `item_bytes` each (`count` may be an
+/// estimate, hence a float) against `memory_bytes`.
+pub(crate) fn too_large(
+    field: &str,
+    noun: &str,
+    count: f64,
+    item_bytes: u64,
+    memory_bytes: u64,
+) -> SimError {
+    let needed = count * item_bytes as f64;
+    SimError::TooLarge {
+        field: field.to_string(),
+        what: if count < 1e9 {
+            format!("about {count:.0} {noun} ({item_bytes} bytes each)")
+        } else {
+            format!("about {count:.2e} {noun} ({item_bytes} bytes each)")
+        },
+        needed_bytes: if needed.is_finite() && needed < u64::MAX as f64 {
+            needed as u64
+        } else {
+            u64::MAX
+        },
+        available_bytes: memory_bytes,
     }
 }

@@ -222,6 +222,13 @@ impl<'a> Simulator<'a> {
         })
     }
 
+    /// When a run stops at the latest: the arrival window plus the drain
+    /// (`None` without a drain bound: when every request is done).
+    pub fn horizon_s(&self) -> Option<f64> {
+        let s = self.scenario;
+        s.config.drain_s.map(|d| s.duration_s + d)
+    }
+
     /// The requests every strategy serves.
     pub fn requests(&self) -> &[SimRequest] {
         &self.requests
@@ -233,11 +240,17 @@ impl<'a> Simulator<'a> {
     }
 
     /// Plans with `strategy` and simulates the scenario; re-plans use it too.
+    /// `progress` is called once before planning ([`Progress::planning`]),
+    /// then as the run goes (see [`Progress::fraction`]).
     pub fn run(
         &self,
         strategy: &str,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<StrategyRun, SimError> {
+        progress(&Progress::planning(
+            self.requests.len() as u64,
+            self.horizon_s(),
+        ));
         let plan = crate::plan_with(
             strategy,
             &self.cluster.cluster,

@@ -3,10 +3,7 @@
 
 use std::path::Path;
 
-use crate::availability::AvailabilitySpec;
-use crate::cluster::{
-    Cluster, ClusterSpec, LinkDefaults, LinkEntry, LinkScope, LinkSpecFigures, NodeSpec,
-};
+use crate::cluster::{Cluster, ClusterSpec, LinkScope, NodeSpec};
 use crate::error::PlanError;
 use crate::gpu_catalog::GpuCatalog;
 use crate::options::PlanOptions;
@@ -18,8 +15,8 @@ use crate::profile::ModelProfile;
 /// With the cluster's file spec (and the folder its traces are relative to),
 /// the spec is filtered: node groups expanded and filtered, link entries
 /// naming vanished nodes, sites or regions dropped. Without it, the resolved
-/// links are written out pair by pair (O(live²) entries), exactly reproducing
-/// the resolved matrix up to floating-point rounding.
+/// cluster is restricted to those nodes ([`Cluster::subset`]): the same nodes
+/// and links, in O(live + link entries).
 pub fn subset_cluster(
     cluster: &Cluster,
     spec: Option<(&ClusterSpec, Option<&Path>)>,
@@ -69,62 +66,12 @@ pub fn subset_cluster(
                 links,
                 ..spec.clone()
             };
-            sub.resolve(base, &GpuCatalog::builtin())
+            // No memory check: the subset is no larger than the cluster already resolved.
+            sub.resolve_within(base, &GpuCatalog::builtin(), u64::MAX)
         }
         None => {
-            let mut gpus: Vec<crate::gpu_catalog::GpuKind> = Vec::new();
-            let mut nodes = Vec::new();
-            for &i in live {
-                let n = &cluster.nodes[i as usize];
-                if !gpus.iter().any(|g| g.name == n.gpu.name) {
-                    gpus.push(n.gpu.clone());
-                }
-                let a = n.availability;
-                nodes.push(NodeSpec {
-                    id: n.id.clone(),
-                    gpu: n.gpu.name.clone(),
-                    count: 1,
-                    site: n.site.clone(),
-                    region: n.region.clone(),
-                    provider: n.provider,
-                    availability: a.mtbf_hours.is_finite().then_some(AvailabilitySpec::Model {
-                        mtbf_hours: a.mtbf_hours,
-                        mttr_hours: a.mttr_hours,
-                    }),
-                    uplink_gbps: n.uplink_bps.map(|b| b * 8.0 / 1e9),
-                    downlink_gbps: n.downlink_bps.map(|b| b * 8.0 / 1e9),
-                });
-            }
-            let mut links = Vec::new();
-            for (x, &i) in live.iter().enumerate() {
-                for &j in &live[x + 1..] {
-                    let (ab, ba) = (
-                        cluster.link(i as usize, j as usize),
-                        cluster.link(j as usize, i as usize),
-                    );
-                    // Home caps are applied again on resolution; the larger direction is the uncapped figure.
-                    let bw = ab.bandwidth_bps.max(ba.bandwidth_bps);
-                    links.push(LinkEntry {
-                        scope: LinkScope::Node,
-                        a: cluster.nodes[i as usize].id.clone(),
-                        b: cluster.nodes[j as usize].id.clone(),
-                        figures: LinkSpecFigures {
-                            latency_ms: Some(ab.latency_s.max(ba.latency_s) * 1000.0),
-                            rtt_ms: None,
-                            bandwidth_gbps: if bw.is_finite() { bw * 8.0 / 1e9 } else { 1e6 },
-                        },
-                    });
-                }
-            }
-            let sub = ClusterSpec {
-                name: cluster.name.clone(),
-                description: String::new(),
-                gpu: gpus,
-                link_defaults: LinkDefaults::default(),
-                nodes,
-                links,
-            };
-            sub.resolve(None, &GpuCatalog::builtin())
+            let keep: Vec<usize> = (0..cluster.len()).filter(|&i| keep[i]).collect();
+            Ok(cluster.subset(&keep))
         }
     }
 }

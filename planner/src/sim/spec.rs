@@ -83,27 +83,14 @@ impl KeyValues {
     }
 }
 
-/// Parses a duration: a number with an optional unit `ms`, `s`, `m` or `h`
-/// (seconds without one). Must be finite and non-negative.
+/// Parses a duration in seconds with the one grammar of [`crate::units`]
+/// (`250ms`, `30s`, `5m`, `2h`; a unit is required except for `0`).
 pub fn duration(what: &str, text: &str) -> Result<f64, SimError> {
-    let t = text.trim();
-    let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
-        (v, 1e-3)
-    } else if let Some(v) = t.strip_suffix('s') {
-        (v, 1.0)
-    } else if let Some(v) = t.strip_suffix('m') {
-        (v, 60.0)
-    } else if let Some(v) = t.strip_suffix('h') {
-        (v, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|e| SimError::Spec {
+    crate::units::parse_seconds(what, text).map_err(|e| SimError::Spec {
         what: what.into(),
         spec: text.into(),
-        message: format!("not a duration ({e}); expected e.g. 30, 30s, 250ms, 5m or 2h"),
-    })?;
-    non_negative(what, v * scale)
+        message: e.to_string(),
+    })
 }
 
 /// Which of the planner's routers picks paths for new and restarted sequences.

@@ -163,8 +163,8 @@ pub fn community_spec(nodes: usize, seed: u64) -> ClusterSpec {
 }
 
 /// A resolved synthetic community cluster of `nodes` machines (see
-/// [`community_spec`]). Its link matrix has `nodes²` entries (10,000 nodes:
-/// 1.6 GB).
+/// [`community_spec`]); its links come from 28 region entries and the home
+/// links, so it takes memory linear in `nodes`.
 pub fn community_cluster(nodes: usize, seed: u64) -> Result<Cluster, PlanError> {
     community_spec(nodes, seed).resolve(None, &GpuCatalog::builtin())
 }

@@ -18,7 +18,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::error::{SimError, positive};
+use super::engine::RequestOutcome;
+use super::error::{SimError, fitting, positive, too_large};
 use super::random::{self, Purpose};
 use super::spec::{self, KeyValues};
 
@@ -251,8 +252,34 @@ impl WorkloadSpec {
 
     /// The requests arriving within `duration_s` seconds (all of a trace when
     /// infinite), at most `max_requests`, drawn with `seed`. Trace paths are
-    /// relative to the current directory.
+    /// relative to the current directory. Refuses, before drawing them,
+    /// requests that cannot fit in the memory available now (see
+    /// [`WorkloadSpec::generate_within`]).
     pub fn generate(&self, duration_s: f64, seed: u64) -> Result<Vec<SimRequest>, SimError> {
+        self.generate_within(duration_s, seed, crate::error::available_memory())
+    }
+
+    /// How many requests arrive within `duration_s` on average: rate ×
+    /// duration, at most `max_requests`; `None` for a trace (its lines count).
+    pub fn expected_requests(&self, duration_s: f64) -> Option<f64> {
+        let rate = match self.arrivals {
+            Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => rate,
+            Arrivals::Trace { .. } => return None,
+        };
+        let n = rate * duration_s;
+        Some(self.max_requests.map_or(n, |cap| n.min(cap as f64)))
+    }
+
+    /// [`WorkloadSpec::generate`] with `memory_bytes` for the requests instead
+    /// of the memory available now: refused when the expected count (or a
+    /// trace's size) needs more, at [`bytes_per_request`] each, or as soon as
+    /// the draws pass what fits. Within the limit the draws are the same.
+    pub fn generate_within(
+        &self,
+        duration_s: f64,
+        seed: u64,
+        memory_bytes: u64,
+    ) -> Result<Vec<SimRequest>, SimError> {
         if duration_s.is_nan() || duration_s <= 0.0 {
             return Err(SimError::InvalidNumber {
                 field: "duration".into(),
@@ -260,17 +287,41 @@ impl WorkloadSpec {
                 value: duration_s,
             });
         }
+        let each = bytes_per_request();
+        let fit = fitting(memory_bytes, each);
+        let field = if self.max_requests.is_some_and(|cap| {
+            self.expected_requests(duration_s)
+                .is_some_and(|n| n >= cap as f64)
+        }) {
+            "load.requests"
+        } else {
+            "load.rate x duration"
+        };
+        let refuse = |count: f64| too_large(field, "requests", count, each, memory_bytes);
         let cap = self.max_requests.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         match &self.arrivals {
             Arrivals::Trace { path } => {
-                for r in read_trace(path)? {
+                for r in read_trace_within(path, memory_bytes)? {
                     if r.arrival_s < duration_s && out.len() < cap {
                         out.push(r);
                     }
                 }
             }
             a => {
+                let expected = self.expected_requests(duration_s).unwrap_or(0.0);
+                // Not `expected > fit`: a NaN count is refused too.
+                if !expected.le(&(fit as f64)) {
+                    return Err(refuse(expected));
+                }
+                // Room for the mean and six standard deviations (gamma: cv times
+                // Poisson's), so the vector rarely grows.
+                let cv = match *a {
+                    Arrivals::Gamma { cv, .. } => cv,
+                    _ => 1.0,
+                };
+                let room = expected + 6.0 * cv * expected.sqrt() + 16.0;
+                out.reserve((room.min(fit as f64) as usize).min(cap));
                 let mut ta = random::stream(seed, Purpose::Arrivals, 0);
                 let mut tl = random::stream(seed, Purpose::Lengths, 0);
                 let mut t = 0.0;
@@ -287,6 +338,9 @@ impl WorkloadSpec {
                     if t >= duration_s || out.len() >= cap {
                         break;
                     }
+                    if out.len() as u64 >= fit {
+                        return Err(refuse(out.len() as f64 + 1.0));
+                    }
                     out.push(SimRequest {
                         arrival_s: t,
                         prompt_tokens: self.prompt.draw(&mut tl),
@@ -302,16 +356,67 @@ impl WorkloadSpec {
     }
 }
 
+/// Bytes a simulation holds per offered request: the request itself, its
+/// outcome in each run, and its place in the admission queue (a `u32` in a
+/// queue that grows by doubling). Sequences in flight, bounded by KV room,
+/// are not counted.
+pub fn bytes_per_request() -> u64 {
+    use std::mem::size_of;
+    (size_of::<SimRequest>() + size_of::<RequestOutcome>() + 2 * size_of::<u32>()) as u64
+}
+
 /// Reads a request trace: CSV lines `arrival_s,prompt_tokens,output_tokens`
 /// (a first line that does not start with a digit is a header; `#` starts a
 /// comment), sorted by arrival.
 pub fn read_trace(path: &Path) -> Result<Vec<SimRequest>, SimError> {
+    read_trace_within(path, crate::error::available_memory())
+}
+
+/// [`read_trace`], refusing a file whose text, or whose lines as requests
+/// ([`bytes_per_request`] each), need more than `memory_bytes`.
+pub fn read_trace_within(path: &Path, memory_bytes: u64) -> Result<Vec<SimRequest>, SimError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+    let text = read_bounded(path, memory_bytes, "load", "requests", bytes_per_request())?;
+    parse_trace(&shown, &text)
+}
+
+/// Reads a trace file whose text, and whose lines at `line_bytes` each, fit in
+/// `memory_bytes`: the size is checked before the file is read, the lines
+/// before they are parsed.
+pub(crate) fn read_bounded(
+    path: &Path,
+    memory_bytes: u64,
+    field: &str,
+    noun: &str,
+    line_bytes: u64,
+) -> Result<String, SimError> {
+    let shown = path.display().to_string();
+    let io = |e: std::io::Error| SimError::Io {
         path: shown.clone(),
         message: e.to_string(),
-    })?;
-    parse_trace(&shown, &text)
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > memory_bytes {
+        return Err(too_large(
+            field,
+            "bytes of trace",
+            size as f64,
+            1,
+            memory_bytes,
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let lines = text.lines().count() as u64;
+    if size.saturating_add(lines.saturating_mul(line_bytes)) > memory_bytes {
+        return Err(too_large(
+            field,
+            noun,
+            lines as f64,
+            line_bytes,
+            memory_bytes,
+        ));
+    }
+    Ok(text)
 }
 
 /// Parses request trace text (see [`read_trace`]); `name` is used in errors.
@@ -370,7 +475,7 @@ fn starts_numeric(line: &str) -> bool {
         .is_some_and(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
 }
 
-/// A duration with an optional unit (`ms`, `s`, `m`, `h`; seconds without).
+/// A duration with a unit (`ms`, `s`, `m`, `h`; see [`crate::units`]).
 pub fn parse_duration(what: &str, text: &str) -> Result<f64, SimError> {
     spec::duration(what, text)
 }
