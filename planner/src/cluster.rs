@@ -36,7 +36,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -221,27 +220,7 @@ pub struct Cluster {
     index: HashMap<String, usize>,
 }
 
-/// A multiply-rotate hasher (FxHash's) for the integer keys of the link tables;
-/// they are looked up, never iterated into results.
-#[derive(Default, Clone, Copy)]
-struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-/// A map keyed by an unordered pair of indices ([`pair`]).
-type PairMap<V> = HashMap<u64, V, BuildHasherDefault<PairHasher>>;
+type PairMap<V> = HashMap<u64, V, crate::fx_hash::FxBuild>;
 
 /// The key of an unordered pair of indices.
 fn pair(a: u32, b: u32) -> u64 {

@@ -5,7 +5,6 @@
 //! a node's capacity is shared in layer-tokens across its stages.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use good_lp::{Expression, Variable, constraint, variable, variables};
 
@@ -359,27 +358,6 @@ fn dinic_flow(
     }
 }
 
-/// A multiply-rotate hasher (FxHash's) for the edge indices of a [`Block`].
-#[derive(Default, Clone, Copy)]
-struct IndexHasher(u64);
-
-impl Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-}
-
 /// A complete bipartite set of edges, every source to every sink, whose
 /// capacities come from a function: memory for the edges that carry flow
 /// only, where explicit edges between stages of 5,000 replicas each would
@@ -392,7 +370,7 @@ struct Block<'c> {
     /// Capacity of the edge from source `a` to sink `b`.
     cap: Box<dyn Fn(usize, usize) -> f64 + 'c>,
     /// Residuals (forward, reverse) of the edges flow has used, by `a * sinks + b`.
-    used: HashMap<usize, (f64, f64), BuildHasherDefault<IndexHasher>>,
+    used: HashMap<usize, (f64, f64), crate::fx_hash::FxBuild>,
     /// Per source: how many of its edges are in `used`.
     used_from: Vec<u32>,
     /// Per sink: the sources of its edges in `used`, ascending.

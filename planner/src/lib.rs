@@ -17,6 +17,7 @@ pub mod cost;
 pub mod error;
 pub mod evaluate;
 pub mod flow;
+mod fx_hash;
 pub mod gpu_catalog;
 pub mod latency;
 pub mod lp;

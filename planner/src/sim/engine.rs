@@ -61,29 +61,7 @@ pub const TOKEN_ID_BYTES: f64 = 4.0;
 
 const NONE: u64 = u64::MAX;
 
-/// A fast, deterministic hasher for integer keys (FxHash's multiply-rotate);
-/// maps hashed with it are looked up, never iterated.
-#[derive(Default, Clone, Copy)]
-struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(v as u64);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FxBuild = std::hash::BuildHasherDefault<Fx>;
+use crate::fx_hash::FxBuild;
 
 fn to_ns(s: f64) -> u64 {
     if s.is_nan() || s <= 0.0 {
