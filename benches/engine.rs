@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use tokenflow_engine::dataflow::{Arrivals, Communication, EngineOptions, RunSpec, run};
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig, TokenEvent};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::default_device;
 use tokenflow_planner::{Cluster, Plan};
@@ -47,7 +47,7 @@ fn direct_decode(model: &LlamaModel, reqs: &[Request]) -> f64 {
             &mut |_, _| {},
         )
         .unwrap();
-    let mut g = DirectGenerator::new(pipeline, GeneratorConfig::default());
+    let mut g = DirectGenerator::new(pipeline, SchedulerConfig::default());
     for r in reqs {
         g.submit(r.clone()).unwrap();
     }

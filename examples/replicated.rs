@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
-    Arrivals, Communication, EngineOptions, RouterKind, RunSpec, run,
+    Arrivals, Communication, EngineOptions, RouterChoice, RunSpec, SchedulerConfig, run,
 };
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
@@ -61,14 +61,17 @@ fn main() -> anyhow::Result<()> {
         plan,
         cluster: cluster.clone(),
         options: EngineOptions {
-            router,
+            scheduler: SchedulerConfig {
+                router,
+                ..SchedulerConfig::default()
+            },
             ..EngineOptions::default()
         },
         communication: Communication::Threads(2),
         requests: requests.clone(),
         arrivals: Arrivals::Immediate,
     };
-    let outcome = run(spec(plan, RouterKind::LeastLoaded), None)?.expect("one process");
+    let outcome = run(spec(plan, RouterChoice::LeastLoaded), None)?.expect("one process");
     println!("{}", outcome.placement);
     println!("{}", outcome.metrics.stages_table());
     for replica in ["gpu-1", "gpu-2", "gpu-3"] {
@@ -82,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     }
     // The same requests on the unsplit model give the same tokens.
     let whole = Plan::from_stages("whole", &cluster, n, model.name(), &[(0..n, vec![0])]);
-    let reference = run(spec(whole, RouterKind::MinLatency), None)?.expect("one process");
+    let reference = run(spec(whole, RouterChoice::MinLatency), None)?.expect("one process");
     let sorted = |o: &tokenflow_engine::dataflow::RunOutcome| {
         let mut v: Vec<_> = o
             .finished

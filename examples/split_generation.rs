@@ -5,7 +5,7 @@
 //! tokens are noise; point `LlamaModel::open` at SmolLM2 for text):
 //! `cargo run --release --example split_generation`.
 
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig};
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::llama::even_splits;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     // Three `Blocks` stages, each loading only its own layers, plus embed and head.
     let splits = even_splits(model.config.n_layers, 3);
     let pipeline = model.pipeline(&splits, 64 << 20, &default_device(), &mut |_, _| {})?;
-    let mut generator = DirectGenerator::new(pipeline, GeneratorConfig::default());
+    let mut generator = DirectGenerator::new(pipeline, SchedulerConfig::default());
     for (id, text) in ["the cat", "in the", "hello"].into_iter().enumerate() {
         generator.submit(Request {
             id: id as u64,

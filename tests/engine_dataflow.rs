@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 use tokenflow_engine::dataflow::{
     Arrivals, Communication, EngineError, EngineOptions, PlacementError, PlacementOptions,
-    RequestError, RouterKind, RunOutcome, RunSpec, run,
+    RequestError, RouterChoice, RunOutcome, RunSpec, run,
 };
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
@@ -77,7 +77,7 @@ fn reference(model: &LlamaModel, reqs: &[Request]) -> HashMap<u64, Vec<u32>> {
     let pipeline = model
         .pipeline(&[0..6], u64::MAX / 4, &default_device(), &mut |_, _| {})
         .unwrap();
-    let mut g = DirectGenerator::new(pipeline, GeneratorConfig::default());
+    let mut g = DirectGenerator::new(pipeline, SchedulerConfig::default());
     for r in reqs {
         g.submit(r.clone()).unwrap();
     }
@@ -136,17 +136,17 @@ fn every_plan_gives_the_tokens_of_the_unsplit_model() {
         for (name, stages) in &plans {
             for workers in [1, 2, 4] {
                 for router in [
-                    RouterKind::MinLatency,
-                    RouterKind::RoundRobin,
-                    RouterKind::LeastLoaded,
+                    RouterChoice::MinLatency,
+                    RouterChoice::InterleavedWrr,
+                    RouterChoice::LeastLoaded,
                 ] {
-                    if router != RouterKind::MinLatency && (workers != 2 || n_requests == 1) {
+                    if router != RouterChoice::MinLatency && (workers != 2 || n_requests == 1) {
                         continue;
                     }
                     let mut s = spec(plan(&c, stages), c.clone(), workers, reqs.clone());
-                    s.options.router = router;
-                    s.options.token_budget = 64;
-                    s.options.max_prefill_chunk = 8;
+                    s.options.scheduler.router = router;
+                    s.options.scheduler.token_budget = 64;
+                    s.options.scheduler.max_prefill_chunk = 8;
                     let outcome = run(s, None).unwrap().unwrap();
                     assert_eq!(
                         tokens(&outcome),
@@ -166,7 +166,7 @@ fn replicas_share_the_load() {
     let p = plan(&c, &[(0..3, vec![0, 1]), (3..6, vec![2])]);
     let reqs = requests(&model, 16, 4);
     let mut s = spec(p, c, 2, reqs);
-    s.options.router = RouterKind::RoundRobin;
+    s.options.scheduler.router = RouterChoice::InterleavedWrr;
     let outcome = run(s, None).unwrap().unwrap();
     let stages = &outcome.metrics.stages;
     let tokens = |k: &str| stages.get(k).map_or(0, |s| s.tokens);

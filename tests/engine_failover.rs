@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
     Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RequestError,
-    RouterKind, RunOutcome, RunSpec, run,
+    RouterChoice, RunOutcome, RunSpec, SchedulerConfig, run,
 };
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::SamplingParams;
@@ -81,12 +81,15 @@ fn spec(
         plan: Plan::from_stages("failover", c, 6, "tiny", stages),
         cluster: c.clone(),
         options: EngineOptions {
-            router: RouterKind::LeastLoaded,
+            scheduler: SchedulerConfig {
+                router: RouterChoice::LeastLoaded,
+                heartbeat: Duration::from_millis(5),
+                suspect_after: Duration::from_millis(40),
+                stall_timeout: Duration::from_secs(20),
+                ..SchedulerConfig::default()
+            },
             placement: PlacementOptions::emulated(),
             failures,
-            heartbeat: Duration::from_millis(5),
-            suspect_after: Duration::from_millis(40),
-            stall_timeout: Duration::from_secs(20),
             ..EngineOptions::default()
         },
         communication: Communication::Threads(2),
@@ -285,7 +288,7 @@ fn when_no_node_can_take_the_stage_requests_fail_naming_the_missing_memory() {
         reqs,
         FailureSchedule::parse("n1@100ms").unwrap(),
     );
-    s.options.stall_timeout = Duration::from_millis(300);
+    s.options.scheduler.stall_timeout = Duration::from_millis(300);
     let outcome = run(s, None).unwrap().unwrap();
     assert_eq!(outcome.refused.len(), 2, "{:?}", outcome.refused);
     for (_, e) in &outcome.refused {

@@ -10,7 +10,8 @@ use std::ops::Range;
 use common::{reference_run, smollm2_path};
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
-    Arrivals, Communication, EngineOptions, PlacementOptions, RouterKind, RunSpec, run,
+    Arrivals, Communication, EngineOptions, PlacementOptions, RouterChoice, RunSpec,
+    SchedulerConfig, run,
 };
 use tokenflow_planner::{Cluster, Plan};
 
@@ -59,7 +60,10 @@ fn engine_tokens_equal_the_reference_for_every_plan() {
     for (name, stages, workers, emulate) in plans {
         let plan = Plan::from_stages("test", &c, 30, "SmolLM2", &stages);
         let mut options = EngineOptions {
-            router: RouterKind::RoundRobin,
+            scheduler: SchedulerConfig {
+                router: RouterChoice::InterleavedWrr,
+                ..SchedulerConfig::default()
+            },
             // The numpy reference is f32.
             numerics: tokenflow_operators::quant::Numerics::Exact,
             ..EngineOptions::default()

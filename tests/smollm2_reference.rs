@@ -6,7 +6,7 @@ mod common;
 
 use common::{ReferencePrompt, reference_run, smollm2_path};
 use std::ops::Range;
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig};
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::llama::{Head, even_splits};
@@ -119,9 +119,9 @@ fn greedy(
     let pipeline = model
         .pipeline(splits, u64::MAX, &default_device(), &mut |_, _| {})
         .unwrap();
-    let config = GeneratorConfig {
-        max_sequences: if batched { 64 } else { 1 },
-        ..GeneratorConfig::default()
+    let config = SchedulerConfig {
+        max_running: Some(if batched { 64 } else { 1 }),
+        ..SchedulerConfig::default()
     };
     let mut generator = DirectGenerator::new(pipeline, config);
     for (i, p) in prompts.iter().enumerate() {

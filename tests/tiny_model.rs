@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig};
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::kv_cache::KvError;
 use tokenflow_operators::llama::{Head, even_splits};
@@ -43,7 +43,7 @@ fn generate(
     model: &LlamaModel,
     splits: &[Range<usize>],
     kv: u64,
-    config: GeneratorConfig,
+    config: SchedulerConfig,
     requests: usize,
     max_tokens: usize,
 ) -> Vec<Vec<u32>> {
@@ -89,7 +89,7 @@ fn every_split_gives_the_same_logits_and_tokens() {
             .unwrap(),
     )
     .unwrap();
-    let reference = generate(&model, &[0..n], u64::MAX, GeneratorConfig::default(), 1, 24);
+    let reference = generate(&model, &[0..n], u64::MAX, SchedulerConfig::default(), 1, 24);
     for splits in [
         even_splits(n, 2),
         even_splits(n, 3),
@@ -104,7 +104,7 @@ fn every_split_gives_the_same_logits_and_tokens() {
         .unwrap();
         assert_eq!(got, whole, "{splits:?}: logits");
         assert_eq!(
-            generate(&model, &splits, u64::MAX, GeneratorConfig::default(), 1, 24),
+            generate(&model, &splits, u64::MAX, SchedulerConfig::default(), 1, 24),
             reference,
             "{splits:?}: tokens"
         );
@@ -173,14 +173,14 @@ fn results_do_not_depend_on_the_rest_of_the_batch() {
         assert!(worst <= 1e-4, "case {i}: logits differ by {worst}");
     }
     // And greedy tokens of 5 concurrent requests equal those of each alone.
-    let batched = generate(&model, &[0..n], u64::MAX, GeneratorConfig::default(), 5, 16);
+    let batched = generate(&model, &[0..n], u64::MAX, SchedulerConfig::default(), 5, 16);
     let serial = generate(
         &model,
         &[0..n],
         u64::MAX,
-        GeneratorConfig {
-            max_sequences: 1,
-            ..GeneratorConfig::default()
+        SchedulerConfig {
+            max_running: Some(1),
+            ..SchedulerConfig::default()
         },
         5,
         16,
@@ -191,10 +191,11 @@ fn results_do_not_depend_on_the_rest_of_the_batch() {
         &model,
         &[0..n],
         u64::MAX,
-        GeneratorConfig {
+        SchedulerConfig {
             token_budget: 5,
             max_prefill_chunk: 3,
-            max_sequences: 64,
+            max_running: Some(64),
+            ..SchedulerConfig::default()
         },
         5,
         16,
@@ -255,12 +256,12 @@ fn kv_capacity_is_a_clear_error_and_requests_wait_for_room() {
 
     // Room for about one sequence: five requests still all complete, token-exact.
     let longest = (0..5).map(|i| prompt(&model, i).len()).max().unwrap() + 12;
-    let unconstrained = generate(&model, &[0..n], u64::MAX, GeneratorConfig::default(), 5, 12);
+    let unconstrained = generate(&model, &[0..n], u64::MAX, SchedulerConfig::default(), 5, 12);
     let constrained = generate(
         &model,
         &[0..n],
         longest as u64 * per_token,
-        GeneratorConfig::default(),
+        SchedulerConfig::default(),
         5,
         12,
     );
@@ -269,7 +270,7 @@ fn kv_capacity_is_a_clear_error_and_requests_wait_for_room() {
     // A prompt that can never fit is refused; the others are not disturbed.
     let mut g = DirectGenerator::new(
         pipeline(&model, &[0..n], 40 * per_token),
-        GeneratorConfig::default(),
+        SchedulerConfig::default(),
     );
     g.submit(Request {
         id: 0,
@@ -320,7 +321,7 @@ fn a_sequence_rebuilt_from_its_tokens_continues_identically() {
     let run = |prompt: Vec<u32>, max_tokens: usize, splits: &[Range<usize>]| {
         let mut g = DirectGenerator::new(
             pipeline(&model, splits, u64::MAX),
-            GeneratorConfig::default(),
+            SchedulerConfig::default(),
         );
         g.submit(Request {
             id: 9,
@@ -395,7 +396,7 @@ fn requests_that_can_never_run_are_refused_at_submission() {
     let context = model.config.context_length;
     let mut g = DirectGenerator::new(
         pipeline(&model, &[0..n], u64::MAX),
-        GeneratorConfig::default(),
+        SchedulerConfig::default(),
     );
     let request = |id: u64, prompt: Vec<u32>, max_tokens: usize| Request {
         id,

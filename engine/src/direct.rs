@@ -1,35 +1,19 @@
 //! A plain loop over a [`StagePipeline`] on one device: continuous batching of
-//! prefill chunks and decode steps under a token budget, no dataflow.
+//! prefill chunks and decode steps under a token budget, no dataflow. Its calls
+//! are formed by the scheduling core's batch policy and its sequences end by
+//! the core's stop rules, as in the engine and the simulator.
 //!
 //! It is the baseline the dataflow engine is measured against and the
 //! generator behind `tokenflow generate`.
 
 use crate::request::{FinishReason, Request, TokenLog};
 use std::collections::VecDeque;
+use tokenflow_core::SchedulerConfig;
+use tokenflow_core::batch::StepQueue;
+use tokenflow_core::stop::stop_reason;
 use tokenflow_operators::llama::Head;
 use tokenflow_operators::sampler::sample;
 use tokenflow_operators::{SeqChunk, SeqId, StageError, StagePipeline};
-
-/// Scheduling limits of a [`DirectGenerator`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GeneratorConfig {
-    /// Most tokens (prefill and decode together) in one stage call.
-    pub token_budget: usize,
-    /// Longest prefill chunk, so long prompts do not stall decodes.
-    pub max_prefill_chunk: usize,
-    /// Most sequences running at once.
-    pub max_sequences: usize,
-}
-
-impl Default for GeneratorConfig {
-    fn default() -> Self {
-        Self {
-            token_budget: 512,
-            max_prefill_chunk: 256,
-            max_sequences: 64,
-        }
-    }
-}
 
 /// Something that happened to a sequence during a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +53,7 @@ struct Running {
 #[derive(Debug)]
 pub struct DirectGenerator {
     pipeline: StagePipeline,
-    config: GeneratorConfig,
+    config: SchedulerConfig,
     waiting: VecDeque<Running>,
     running: Vec<Running>,
     /// Set when a sequence was preempted for lack of KV room; no new sequence
@@ -80,7 +64,7 @@ pub struct DirectGenerator {
 
 impl DirectGenerator {
     /// A generator over `pipeline`.
-    pub fn new(pipeline: StagePipeline, config: GeneratorConfig) -> Self {
+    pub fn new(pipeline: StagePipeline, config: SchedulerConfig) -> Self {
         Self {
             pipeline,
             config,
@@ -127,7 +111,12 @@ impl DirectGenerator {
         if self.running.is_empty() {
             self.admission_paused = false;
         }
-        while !self.admission_paused && self.running.len() < self.config.max_sequences {
+        // Without a limit of its own, as many run as one call holds.
+        let max_running = self
+            .config
+            .max_running
+            .unwrap_or(self.config.max_batch_sequences);
+        while !self.admission_paused && self.running.len() < max_running {
             let Some(run) = self.waiting.pop_front() else {
                 break;
             };
@@ -164,16 +153,8 @@ impl DirectGenerator {
                 index: run.log.generated.len() - 1,
                 token,
             });
-            let reason = if run.request.stop_tokens.contains(&token) {
-                Some(FinishReason::Stop)
-            } else if run.log.generated.len() >= run.request.max_tokens
-                || run.log.len() >= self.pipeline.context_length()
-            {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
+            let context = self.pipeline.context_length();
+            if let Some(reason) = stop_reason(&run.request, &run.log, token, context, None) {
                 finished.push((idx, reason));
             }
         }
@@ -191,23 +172,25 @@ impl DirectGenerator {
         Ok(events)
     }
 
-    /// Picks this step's chunks: every decode first, then prefill chunks within the budget.
+    /// Picks this step's chunks with the core's batch policy (every decode
+    /// first, then prefill chunks within the budget), each admitted if its KV fits.
     fn schedule(&mut self) -> Result<StepBatch, StageError> {
+        let mut queue = StepQueue::default();
+        for (i, run) in self.running.iter().enumerate() {
+            let pending = run.log.len() - run.cached;
+            if pending == 0 {
+                continue;
+            }
+            let len = pending.min(self.config.max_prefill_chunk.max(1));
+            queue.push((i, len), len, len == 1 && run.cached > 0);
+        }
+        let call = queue.take_batch(&self.config.batch_limits(), |_| true);
         let mut chunks = Vec::new();
         let mut tokens = Vec::new();
         let mut owners = Vec::new();
-        let mut budget = self.config.token_budget;
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
-        // Decodes (one uncached token) before prefills, so long prompts do not stall them.
-        order.sort_by_key(|&i| self.running[i].log.len() - self.running[i].cached > 1);
         let mut first_error = None;
-        for i in order {
+        for (i, len) in call.items {
             let run = &self.running[i];
-            let pending = run.log.len() - run.cached;
-            let len = pending.min(self.config.max_prefill_chunk).min(budget);
-            if len == 0 {
-                continue;
-            }
             chunks.push(SeqChunk::new(run.request.id, run.cached, len));
             if let Err(e) = self.pipeline.admit(&chunks) {
                 chunks.pop();
@@ -216,7 +199,6 @@ impl DirectGenerator {
             }
             tokens.extend(run.log.tokens().skip(run.cached).take(len));
             owners.push(i);
-            budget -= len;
         }
         if chunks.is_empty()
             && let Some(e) = first_error

@@ -8,5 +8,6 @@ pub mod request;
 /// The timely version the engine builds on, for programs that add their own operators.
 pub use timely;
 
-pub use direct::{DirectGenerator, GeneratorConfig, TokenEvent};
+pub use direct::{DirectGenerator, TokenEvent};
 pub use request::{FinishReason, Request, TokenLog};
+pub use tokenflow_core::SchedulerConfig;

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 use std::collections::HashMap;
 
 /// Identifier of a sequence (request) across the whole system.
-pub type SeqId = u64;
+pub use tokenflow_core::SeqId;
 
 /// Errors of KV admission and bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

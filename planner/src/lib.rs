@@ -17,7 +17,7 @@ pub mod cost;
 pub mod error;
 pub mod evaluate;
 pub mod flow;
-mod fx_hash;
+pub mod fx_hash;
 pub mod gpu_catalog;
 pub mod latency;
 pub mod lp;
@@ -28,7 +28,6 @@ pub mod presets;
 pub mod profile;
 pub mod repair;
 pub mod router;
-pub mod sim;
 pub mod stage_ranges;
 pub mod strategy;
 pub mod units;
@@ -41,7 +40,6 @@ pub use latency::{LatencyHistogram, LatencyReport, LatencySummary};
 pub use options::PlanOptions;
 pub use plan::Plan;
 pub use profile::ModelProfile;
-pub use sim::{Scenario, SimCluster, SimComparison, SimConfig, SimError, Simulator, simulate_plan};
 
 /// Plans with the strategy called `strategy_name` (see [`strategy::names`]).
 pub fn plan_with(

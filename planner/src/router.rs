@@ -55,6 +55,87 @@ pub enum RouteError {
     },
 }
 
+/// Which of the routers picks paths: the one choice every executor (engine,
+/// simulator) parses and builds, so `--router` means the same everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterChoice {
+    /// [`MinLatency`]: lowest predicted per-token latency (Petals).
+    #[default]
+    MinLatency,
+    /// [`InterleavedWrr`]: smooth weighted round robin on the plan's routing
+    /// weights (Helix); uniform weights give round robin.
+    InterleavedWrr,
+    /// [`LeastLoaded`]: the replica with the fewest active sequences, stage by stage.
+    LeastLoaded,
+}
+
+/// A router name that is not one of [`RouterChoice`]'s.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("unknown router `{name}` (min-latency, interleaved-wrr (round-robin, wrr), least-loaded)")]
+pub struct UnknownRouter {
+    /// The name given.
+    pub name: String,
+}
+
+impl RouterChoice {
+    /// Every choice, in the order of the help text.
+    pub const ALL: [RouterChoice; 3] = [
+        RouterChoice::MinLatency,
+        RouterChoice::InterleavedWrr,
+        RouterChoice::LeastLoaded,
+    ];
+
+    /// The router's own name (what [`RouterChoice::parse`] reads back).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouterChoice::MinLatency => "min-latency",
+            RouterChoice::InterleavedWrr => "interleaved-wrr",
+            RouterChoice::LeastLoaded => "least-loaded",
+        }
+    }
+
+    /// Parses `min-latency`, `interleaved-wrr` (also `round-robin`, `wrr`) or
+    /// `least-loaded`.
+    pub fn parse(name: &str) -> Result<RouterChoice, UnknownRouter> {
+        match name.trim() {
+            "min-latency" => Ok(RouterChoice::MinLatency),
+            "interleaved-wrr" | "round-robin" | "wrr" => Ok(RouterChoice::InterleavedWrr),
+            "least-loaded" => Ok(RouterChoice::LeastLoaded),
+            other => Err(UnknownRouter { name: other.into() }),
+        }
+    }
+
+    /// The router over `plan`.
+    pub fn build(&self, plan: &Plan, cluster: &Cluster, cost: &CostModel) -> Box<dyn Router> {
+        match self {
+            RouterChoice::MinLatency => Box::new(MinLatency::new(plan, cluster, cost)),
+            RouterChoice::InterleavedWrr => Box::new(InterleavedWrr::new(plan)),
+            RouterChoice::LeastLoaded => Box::new(LeastLoaded::new(plan)),
+        }
+    }
+}
+
+impl std::str::FromStr for RouterChoice {
+    type Err = UnknownRouter;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RouterChoice::parse(s)
+    }
+}
+
+impl std::fmt::Display for RouterChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The load a node reports to the routers: its running sequences as a share of
+/// the sequences one batch holds, below 0.95 (a full node still routes, at a
+/// high predicted cost). The engine's sequencer and the simulator both use it.
+pub fn router_load(active_sequences: usize, max_batch_sequences: usize) -> f64 {
+    (active_sequences as f64 / max_batch_sequences.max(1) as f64).min(0.95)
+}
+
 /// Picks a path through the plan's stages for a new request.
 pub trait Router {
     /// Name, e.g. `min-latency`.

@@ -273,7 +273,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &requests,
                 &outcome,
             )?;
-            recovery::report(&rows, setup.options.router.name(), &args.out)?;
+            recovery::report(&rows, setup.options.scheduler.router.name(), &args.out)?;
         }
         None => {
             print_summary(&outcome);

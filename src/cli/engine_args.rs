@@ -6,7 +6,8 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
-    Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterKind, RunSpec,
+    Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RouterChoice,
+    RunSpec, SchedulerConfig,
 };
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::profile::static_profile;
@@ -328,12 +329,14 @@ impl EngineArgs {
             );
         }
         let options = EngineOptions {
-            token_budget: self.token_budget,
-            max_prefill_chunk: self.max_prefill_chunk,
-            router: self
-                .router
-                .parse::<RouterKind>()
-                .map_err(anyhow::Error::msg)?,
+            scheduler: SchedulerConfig {
+                token_budget: self.token_budget,
+                max_prefill_chunk: self.max_prefill_chunk,
+                router: RouterChoice::parse(&self.router)?,
+                heartbeat,
+                suspect_after,
+                ..SchedulerConfig::default()
+            },
             placement: PlacementOptions {
                 emulate_links: emulate,
                 emulate_speed: emulate,
@@ -341,8 +344,6 @@ impl EngineArgs {
                 ..PlacementOptions::default()
             },
             failures,
-            heartbeat,
-            suspect_after,
             numerics: self.numerics,
             connect_timeout: parse_duration("--connect-timeout", &self.connect_timeout)?,
             ..EngineOptions::default()

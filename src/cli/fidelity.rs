@@ -11,13 +11,13 @@ use anyhow::Context;
 use serde::Serialize;
 use std::path::Path;
 use tokenflow_engine::Request;
-use tokenflow_engine::dataflow::{EngineOptions, Placement, RouterKind, RunOutcome};
+use tokenflow_engine::dataflow::{EngineOptions, Placement, RunOutcome};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::{default_device, device_name};
 use tokenflow_operators::profile::{StageMeasurement, measure_blocks, static_profile};
 use tokenflow_planner::latency::LatencyReport;
-use tokenflow_planner::sim::{RouterChoice, SimConfig, SimRequest, simulate_plan};
 use tokenflow_planner::{Cluster, ModelProfile, Plan, PlanOptions};
+use tokenflow_sim::{SimConfig, SimRequest, simulate_plan};
 
 /// One row of the comparison.
 #[derive(Debug, Clone, Serialize)]
@@ -85,16 +85,9 @@ pub fn compare(
     outcome: &RunOutcome,
 ) -> anyhow::Result<Vec<FidelityRow>> {
     let profile = calibrated_profile(model, cluster, placement)?;
+    // The engine's own scheduling settings: the same core policies run in both.
     let config = SimConfig {
-        token_budget: options.token_budget,
-        max_prefill_chunk: options.max_prefill_chunk,
-        max_batch_sequences: options.max_batch_sequences,
-        max_running: Some(options.max_running),
-        router: match options.router {
-            RouterKind::MinLatency => RouterChoice::MinLatency,
-            RouterKind::RoundRobin => RouterChoice::InterleavedWrr,
-            RouterKind::LeastLoaded => RouterChoice::LeastLoaded,
-        },
+        scheduler: options.scheduler.clone(),
         ..SimConfig::default()
     };
     let sim_requests: Vec<SimRequest> = requests

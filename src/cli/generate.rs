@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use tokenflow_engine::{DirectGenerator, GeneratorConfig, Request, TokenEvent};
+use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig, TokenEvent};
 use tokenflow_operators::chat::render_user_prompt;
 use tokenflow_operators::llama::even_splits;
 use tokenflow_operators::quant::{KernelSet, Numerics};
@@ -130,7 +130,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
 
-    let mut generator = DirectGenerator::new(pipeline, GeneratorConfig::default());
+    let mut generator = DirectGenerator::new(pipeline, SchedulerConfig::default());
     generator.submit(Request {
         id: 0,
         prompt: prompt.clone(),

@@ -5,8 +5,9 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use tokenflow_core::SchedulerConfig;
 use tokenflow_planner::PlanOptions;
-use tokenflow_planner::sim::{
+use tokenflow_sim::{
     ChurnSpec, ReplanPolicy, RouteCache, RouterChoice, Scenario, SimCluster, SimConfig, Simulator,
     Slo, WorkloadSpec, spec::duration, strategy_list,
 };
@@ -106,11 +107,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     let config = SimConfig {
-        token_budget: args.token_budget,
-        max_prefill_chunk: args.max_prefill_chunk,
-        max_batch_sequences: args.max_batch_sequences,
-        max_running: args.max_running,
-        router: RouterChoice::parse(&args.router)?,
+        scheduler: SchedulerConfig {
+            token_budget: args.token_budget,
+            max_prefill_chunk: args.max_prefill_chunk,
+            max_batch_sequences: args.max_batch_sequences,
+            max_running: args.max_running,
+            router: RouterChoice::parse(&args.router)?,
+            ..SchedulerConfig::default()
+        },
         route_cache: RouteCache::parse(&args.route_cache)?,
         replan: ReplanPolicy::parse(&args.replan)?,
         weight_source_gbps: args.weight_source_gbps,

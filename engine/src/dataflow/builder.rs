@@ -31,18 +31,17 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokenflow_operators::quant::Numerics;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::{ConnectLoop, Feedback, OkErr};
+use tokenflow_core::{SchedulerConfig, Sequencer, Topology};
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::profile::static_profile;
 use tokenflow_operators::{LlamaModel, SeqId};
 use tokenflow_planner::cost::CostModel;
-use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router};
 use tokenflow_planner::{Cluster, Plan, PlanOptions};
 
 use super::clock::now_us;
@@ -55,71 +54,21 @@ use super::metrics::EngineMetrics;
 use super::placement::stage_weight_bytes;
 use super::placement::{Placement, PlacementOptions};
 use super::sampler_op::sampler_operator;
-use super::sequencer::{EngineEvent, SequencerConfig, Submission, sequencer_operator};
-use super::stage_op::{BatchLimits, StageContext, StageRole, stage_operator};
-
-/// Which router picks new sequences' paths (the planner's routers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RouterKind {
-    /// Lowest predicted per-token latency over node × stage (Petals).
-    #[default]
-    MinLatency,
-    /// Smooth weighted round robin on the plan's routing weights (Helix); uniform weights give round robin.
-    RoundRobin,
-    /// The replica with the fewest active sequences, stage by stage.
-    LeastLoaded,
-}
-
-impl RouterKind {
-    /// The name `--router` takes.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::MinLatency => "min-latency",
-            Self::RoundRobin => "round-robin",
-            Self::LeastLoaded => "least-loaded",
-        }
-    }
-}
-
-impl FromStr for RouterKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "min-latency" => Ok(Self::MinLatency),
-            "round-robin" | "interleaved-wrr" | "wrr" => Ok(Self::RoundRobin),
-            "least-loaded" => Ok(Self::LeastLoaded),
-            other => Err(format!(
-                "unknown router `{other}` (min-latency, round-robin, least-loaded)"
-            )),
-        }
-    }
-}
+use super::sequencer::{EngineEvent, Submission, sequencer_operator};
+use super::stage_op::{StageContext, StageRole, stage_operator};
 
 /// Scheduling and emulation options of the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
-    /// Most tokens in one stage call.
-    pub token_budget: usize,
-    /// Longest prefill chunk, so long prompts do not stall decodes.
-    pub max_prefill_chunk: usize,
-    /// Most sequences in one stage call.
-    pub max_batch_sequences: usize,
-    /// Most sequences running at once (the rest wait in order).
-    pub max_running: usize,
-    /// Path selection for new sequences.
-    pub router: RouterKind,
+    /// Admission, batching, routing and failure detection: the scheduling
+    /// core's settings, shared with the simulator and the plain loop.
+    pub scheduler: SchedulerConfig,
     /// Worker mapping and emulation of speeds and links.
     pub placement: PlacementOptions,
     /// Injected node failures (none by default).
     pub failures: FailureSchedule,
     /// Start of the failure schedule (µs since the epoch); `None`: when the dataflow is built.
     pub failures_start_us: Option<u64>,
-    /// How often the sequencer pings every node while work is in flight.
-    pub heartbeat: Duration,
-    /// A node silent for this long is declared down: the detection delay.
-    pub suspect_after: Duration,
-    /// A sequence left without any path for this long fails.
-    pub stall_timeout: Duration,
     /// How long a process of a timely cluster waits for its peers to connect
     /// (and answer the handshake) before it gives up naming the missing one.
     pub connect_timeout: Duration,
@@ -136,17 +85,10 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            token_budget: 512,
-            max_prefill_chunk: 256,
-            max_batch_sequences: 64,
-            max_running: 256,
-            router: RouterKind::default(),
+            scheduler: SchedulerConfig::default(),
             placement: PlacementOptions::default(),
             failures: FailureSchedule::default(),
             failures_start_us: None,
-            heartbeat: Duration::from_millis(50),
-            suspect_after: Duration::from_millis(2000),
-            stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
             token_log: None,
             resumed: BTreeMap::new(),
@@ -157,39 +99,10 @@ impl Default for EngineOptions {
 
 impl EngineOptions {
     fn check(&self) -> Result<(), EngineError> {
-        let positive = [
-            ("token_budget", self.token_budget),
-            ("max_prefill_chunk", self.max_prefill_chunk),
-            ("max_batch_sequences", self.max_batch_sequences),
-            ("max_running", self.max_running),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(EngineError::Option {
-                    field: field.into(),
-                    message: "must be positive".into(),
-                });
-            }
-        }
-        if self.heartbeat.is_zero() || self.suspect_after < self.heartbeat {
-            return Err(EngineError::Option {
-                field: "suspect_after".into(),
-                message: format!(
-                    "the detection delay {:?} must be at least one heartbeat ({:?}, positive)",
-                    self.suspect_after, self.heartbeat
-                ),
-            });
-        }
-        if self.max_prefill_chunk > self.token_budget {
-            return Err(EngineError::Option {
-                field: "max_prefill_chunk".into(),
-                message: format!(
-                    "{} is larger than the token budget {}",
-                    self.max_prefill_chunk, self.token_budget
-                ),
-            });
-        }
-        Ok(())
+        self.scheduler.validate().map_err(|e| EngineError::Option {
+            field: e.field.into(),
+            message: e.message,
+        })
     }
 }
 
@@ -245,12 +158,53 @@ impl InferenceDataflow {
         &self.model
     }
 
-    fn router(&self) -> Box<dyn Router> {
-        make_router(
-            self.options.router,
-            &self.placement.plan,
-            &self.placement.cluster,
-            &self.cost,
+    /// What the sequencer schedules on: the placement's nodes, their KV room,
+    /// the weights a repair downloads and how fast each node fetches them.
+    fn topology(&self) -> Topology {
+        let placement = &self.placement;
+        let stages = placement.num_stages();
+        let kv_capacity = placement
+            .nodes
+            .iter()
+            .map(|n| (0..stages).map(|s| n.kv_capacity(s)).collect())
+            .collect();
+        let stage_weight_bytes = (0..stages)
+            .map(|s| {
+                stage_weight_bytes(
+                    &self.model.config,
+                    &placement.stage_layers[s],
+                    s == 0,
+                    s == stages - 1,
+                )
+            })
+            .collect();
+        let load_bps = placement
+            .nodes
+            .iter()
+            .map(|n| {
+                if self.options.placement.emulate_links {
+                    placement
+                        .cluster
+                        .node(&n.id)
+                        .and_then(|c| c.downlink_bps)
+                        .unwrap_or(DEFAULT_LOAD_BPS)
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .collect();
+        Topology::new(
+            placement.plan.clone(),
+            placement.cluster.clone(),
+            self.cost.clone(),
+            placement.nodes.iter().map(|n| n.id.clone()).collect(),
+            placement.stage_replicas.clone(),
+            kv_capacity,
+            placement.kv_bytes_per_token.clone(),
+            stage_weight_bytes,
+            load_bps,
+            self.model.config.context_length,
+            self.model.config.vocab_size,
         )
     }
 
@@ -295,56 +249,20 @@ impl InferenceDataflow {
             }
         }
         let metrics = Rc::new(RefCell::new(EngineMetrics::default()));
-        let limits = BatchLimits {
-            token_budget: self.options.token_budget,
-            max_sequences: self.options.max_batch_sequences,
-        };
+        let limits = self.options.scheduler.batch_limits();
         let hidden = self.model.config.hidden;
-        let config = SequencerConfig {
-            max_prefill_chunk: self.options.max_prefill_chunk,
-            max_running: self.options.max_running,
-            context_length: self.model.config.context_length,
-            vocab_size: self.model.config.vocab_size,
-            tokenizer: Some(self.model.tokenizer.clone()),
-            router: self.router(),
-            heartbeat_us: self.options.heartbeat.as_micros() as u64,
-            suspect_after_us: self.options.suspect_after.as_micros() as u64,
-            stall_timeout_us: self.options.stall_timeout.as_micros() as u64,
-            make_router: {
-                let (kind, cluster, cost) = (
-                    self.options.router,
-                    placement.cluster.clone(),
-                    self.cost.clone(),
-                );
-                Box::new(move |plan: &Plan| make_router(kind, plan, &cluster, &cost))
-            },
-            stage_weight_bytes: (0..stages)
-                .map(|s| {
-                    stage_weight_bytes(
-                        &self.model.config,
-                        &placement.stage_layers[s],
-                        s == 0,
-                        s == stages - 1,
-                    )
-                })
-                .collect(),
-            load_bps: placement
-                .nodes
-                .iter()
-                .map(|n| {
-                    if self.options.placement.emulate_links {
-                        placement
-                            .cluster
-                            .node(&n.id)
-                            .and_then(|c| c.downlink_bps)
-                            .unwrap_or(DEFAULT_LOAD_BPS)
-                    } else {
-                        f64::INFINITY
-                    }
-                })
-                .collect(),
-            cost: self.cost.clone(),
-        };
+        let sequencer = Sequencer::new(
+            self.options.scheduler.clone(),
+            self.topology(),
+            Some(Box::new({
+                let tokenizer = self.model.tokenizer.clone();
+                move |tokens: &[u32]| tokenizer.decode(tokens).ok()
+            })),
+        )
+        .map_err(|e| EngineError::Option {
+            field: e.field.into(),
+            message: e.message,
+        })?;
         let loader = Arc::new(KernelLoader {
             model: Arc::clone(&self.model),
             stage_layers: placement.stage_layers.clone(),
@@ -356,13 +274,7 @@ impl InferenceDataflow {
             self.options.failures_start_us.unwrap_or_else(now_us),
         ));
         let (handle, cycle) = scope.feedback::<Vec<StepMsg>>(1);
-        let out = sequencer_operator(
-            requests,
-            cycle,
-            config,
-            Arc::clone(placement),
-            Rc::clone(&metrics),
-        );
+        let out = sequencer_operator(requests, cycle, sequencer, stages, Rc::clone(&metrics));
         let (steps, events) = out.ok_err::<Vec<StepMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
         let context =
             StageContext {
@@ -388,17 +300,3 @@ impl InferenceDataflow {
 
 /// Weights download at 1 Gbit/s when the cluster file gives a node no downlink.
 const DEFAULT_LOAD_BPS: f64 = 125e6;
-
-/// The planner's router of `kind` over `plan`.
-fn make_router(
-    kind: RouterKind,
-    plan: &Plan,
-    cluster: &Cluster,
-    cost: &CostModel,
-) -> Box<dyn Router> {
-    match kind {
-        RouterKind::MinLatency => Box::new(MinLatency::new(plan, cluster, cost)),
-        RouterKind::RoundRobin => Box::new(InterleavedWrr::new(plan)),
-        RouterKind::LeastLoaded => Box::new(LeastLoaded::new(plan)),
-    }
-}

@@ -1,7 +1,7 @@
 //! Errors of building and running the dataflow engine.
 
 use thiserror::Error;
-use tokenflow_operators::{SeqId, StageError};
+use tokenflow_operators::StageError;
 
 /// Why a plan cannot run on this cluster and model; found before anything starts.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -102,62 +102,7 @@ pub enum PlacementError {
     },
 }
 
-/// Why a request was refused or failed; the other requests are unaffected.
-#[derive(Debug, Error, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum RequestError {
-    /// The prompt can never run (empty, unknown tokens, as long as the context).
-    #[error("request {seq} refused: {reason}")]
-    BadPrompt {
-        /// The sequence.
-        seq: SeqId,
-        /// Why.
-        reason: String,
-    },
-    /// The sequence needs more KV room than any replica of a stage has, even empty.
-    #[error(
-        "request {seq} refused: it needs {needed} bytes of KV on stage {stage}, but the largest replica holds {largest}"
-    )]
-    PastCapacity {
-        /// The sequence.
-        seq: SeqId,
-        /// Stage index.
-        stage: usize,
-        /// Bytes needed.
-        needed: u64,
-        /// Largest KV capacity among the stage's replicas.
-        largest: u64,
-    },
-    /// A sampling parameter out of its range.
-    #[error("request {seq} refused: {source}")]
-    BadSampling {
-        /// The sequence.
-        seq: SeqId,
-        /// Which parameter, and its range.
-        source: tokenflow_operators::SamplingError,
-    },
-    /// Another request already uses the id.
-    #[error("request {seq} refused: the id is already in use")]
-    DuplicateId {
-        /// The sequence.
-        seq: SeqId,
-    },
-    /// No path through the plan exists (every replica of a stage down).
-    #[error("request {seq}: no path: {reason}")]
-    NoPath {
-        /// The sequence.
-        seq: SeqId,
-        /// The router's reason.
-        reason: String,
-    },
-    /// A stage failed running the sequence.
-    #[error("request {seq} failed on a stage: {reason}")]
-    StageFailed {
-        /// The sequence.
-        seq: SeqId,
-        /// The stage's error.
-        reason: String,
-    },
-}
+pub use tokenflow_core::RequestError;
 
 /// Errors of setting up or running the engine.
 #[derive(Debug, Error)]

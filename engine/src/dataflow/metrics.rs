@@ -83,6 +83,19 @@ pub struct EngineMetrics {
 }
 
 impl EngineMetrics {
+    /// Takes the sequencer's counts (it runs on one worker, so they are its
+    /// worker's own and replace what was there).
+    pub fn absorb_sequencer(&mut self, c: &tokenflow_core::sequencer::SequencerCounters) {
+        self.completed = c.completed;
+        self.failed = c.failed;
+        self.tokens = c.tokens;
+        self.restarts = c.restarts;
+        self.recomputed_tokens = c.recomputed_tokens;
+        self.failures_detected = c.failures_detected;
+        self.replans = c.replans;
+        self.span_us = c.span_us;
+    }
+
     /// Records a request latency in µs.
     pub fn record_latency(&mut self, name: &str, us: u64) {
         self.latency

@@ -23,10 +23,11 @@ pub mod sampler_op;
 pub mod sequencer;
 pub mod stage_op;
 
-pub use builder::{EngineOptions, EngineStreams, InferenceDataflow, RouterKind};
+pub use builder::{EngineOptions, EngineStreams, InferenceDataflow};
 pub use error::{EngineError, PlacementError, RequestError};
 pub use faults::{FailureSchedule, FaultSpecError, Outage};
 pub use metrics::EngineMetrics;
 pub use placement::{LinkModel, Placement, PlacementOptions};
 pub use runner::{Arrivals, Communication, FinishedRequest, RunOutcome, RunSpec, run};
 pub use sequencer::{EngineEvent, RequestTiming, Submission};
+pub use tokenflow_core::{RouterChoice, SchedulerConfig};

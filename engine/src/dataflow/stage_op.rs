@@ -31,6 +31,9 @@ use super::message::{Payload, StepMsg};
 use super::metrics::EngineMetrics;
 use super::placement::Placement;
 
+pub use tokenflow_core::batch::BatchLimits;
+use tokenflow_core::batch::StepQueue;
+
 /// Which stage of the loop an operator runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageRole {
@@ -60,15 +63,6 @@ impl StageRole {
             StageRole::Head => "head".into(),
         }
     }
-}
-
-/// Limits on one stage call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    /// Most tokens (prefill and decode) in one call.
-    pub token_budget: usize,
-    /// Most sequences in one call.
-    pub max_sequences: usize,
 }
 
 /// What every stage operator of a worker shares.
@@ -110,6 +104,8 @@ struct NodeQueue {
     speed_factor: f64,
     metrics_key: String,
     ready: VecDeque<(Capability<u64>, StepMsg)>,
+    /// Steps with work, waiting for the node's next call (the core's batch policy).
+    work: StepQueue<(Capability<u64>, StepMsg)>,
     outbox: Vec<(Capability<u64>, StepMsg)>,
     release_us: u64,
 }
@@ -163,6 +159,7 @@ pub fn stage_operator<'s>(
                         speed_factor: slot.speed_factor,
                         metrics_key: format!("{} {}", slot.id, role.name()),
                         ready: VecDeque::new(),
+                        work: StepQueue::default(),
                         outbox: Vec::new(),
                         release_us: 0,
                     };
@@ -191,6 +188,7 @@ pub fn stage_operator<'s>(
                             None => q.lost_during_call = true,
                         }
                         q.ready.clear();
+                        q.work.clear();
                         q.outbox.clear();
                     }
                 }
@@ -283,6 +281,7 @@ pub fn stage_operator<'s>(
                                                 speed_factor: slot.speed_factor,
                                                 metrics_key: format!("{} {}", slot.id, role.name()),
                                                 ready: VecDeque::new(),
+                                                work: StepQueue::default(),
                                                 outbox: Vec::new(),
                                                 release_us: 0,
                                             },
@@ -334,7 +333,6 @@ pub fn stage_operator<'s>(
                         }
                     }
                     // Control messages pass at once.
-                    let mut work = VecDeque::new();
                     for (cap, mut msg) in q.ready.drain(..) {
                         match msg.payload {
                             Payload::Release => {
@@ -357,37 +355,22 @@ pub fn stage_operator<'s>(
                                 msg.sent_us = now;
                                 output.session(&cap).give(msg);
                             }
-                            _ => work.push_back((cap, msg)),
+                            _ => {
+                                let (tokens, decode) = (msg.work_tokens(), msg.is_decode());
+                                q.work.push((cap, msg), tokens, decode);
+                            }
                         }
                     }
-                    q.ready = work;
                     // One call at a time per node; the compute thread wakes us when it ends.
-                    if q.ready.is_empty() || q.computing.is_some() {
+                    if q.work.is_empty() || q.computing.is_some() {
                         continue;
                     }
                     let Some(kernel) = q.kernel.take() else {
                         continue;
                     };
-                    // Decode steps first, then prefill chunks, within the budget.
-                    let mut order: Vec<(Capability<u64>, StepMsg)> = q.ready.drain(..).collect();
-                    order.sort_by_key(|(_, m)| !m.is_decode());
-                    let queued = order.len();
-                    let mut batch = Vec::new();
-                    let mut caps = Vec::new();
-                    let mut tokens = 0usize;
-                    for (cap, msg) in order {
-                        let t = msg.work_tokens();
-                        let fits = batch.is_empty()
-                            || (tokens + t <= limits.token_budget
-                                && batch.len() < limits.max_sequences);
-                        if fits {
-                            tokens += t;
-                            batch.push(msg);
-                            caps.push(cap);
-                        } else {
-                            q.ready.push_back((cap, msg));
-                        }
-                    }
+                    let call = q.work.take_batch(&limits, |_| true);
+                    let (queued, tokens) = (call.queued, call.tokens);
+                    let (caps, batch): (Vec<_>, Vec<_>) = call.items.into_iter().unzip();
                     q.computing = Some(InFlight {
                         caps,
                         tokens,

@@ -256,7 +256,11 @@ impl WorkloadSpec {
     /// requests that cannot fit in the memory available now (see
     /// [`WorkloadSpec::generate_within`]).
     pub fn generate(&self, duration_s: f64, seed: u64) -> Result<Vec<SimRequest>, SimError> {
-        self.generate_within(duration_s, seed, crate::error::available_memory())
+        self.generate_within(
+            duration_s,
+            seed,
+            tokenflow_planner::error::available_memory(),
+        )
     }
 
     /// How many requests arrive within `duration_s` on average: rate ×
@@ -369,7 +373,7 @@ pub fn bytes_per_request() -> u64 {
 /// (a first line that does not start with a digit is a header; `#` starts a
 /// comment), sorted by arrival.
 pub fn read_trace(path: &Path) -> Result<Vec<SimRequest>, SimError> {
-    read_trace_within(path, crate::error::available_memory())
+    read_trace_within(path, tokenflow_planner::error::available_memory())
 }
 
 /// [`read_trace`], refusing a file whose text, or whose lines as requests
@@ -475,7 +479,7 @@ fn starts_numeric(line: &str) -> bool {
         .is_some_and(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
 }
 
-/// A duration with a unit (`ms`, `s`, `m`, `h`; see [`crate::units`]).
+/// A duration with a unit (`ms`, `s`, `m`, `h`; see [`tokenflow_planner::units`]).
 pub fn parse_duration(what: &str, text: &str) -> Result<f64, SimError> {
     spec::duration(what, text)
 }

@@ -4,7 +4,7 @@
 //!
 //! * [`simulate_plan`]: one given plan, router and request list, no churn —
 //!   the call to compare against the real engine; it returns a
-//!   [`LatencyReport`](crate::latency::LatencyReport) with the engine's metric names (`ttft`, `inter_token`,
+//!   [`LatencyReport`](tokenflow_planner::latency::LatencyReport) with the engine's metric names (`ttft`, `inter_token`,
 //!   `e2e`, `queue`).
 //! * [`Simulator`]: a [`Scenario`] (workload, churn, duration, seed, knobs) on
 //!   a [`SimCluster`], run per strategy ([`Simulator::run`]) or for many
@@ -41,13 +41,13 @@ pub use report::{SimComparison, StrategyResult};
 pub use spec::{ReplanPolicy, RouteCache, RouterChoice, SimConfig, Slo};
 pub use workload::{Arrivals, Lengths, SimRequest, WorkloadSpec};
 
-use crate::cluster::{Cluster, ClusterSpec};
-use crate::error::PlanError;
-use crate::gpu_catalog::GpuCatalog;
-use crate::options::PlanOptions;
-use crate::plan::Plan;
-use crate::profile::ModelProfile;
 use engine::{RunInputs, Sim};
+use tokenflow_planner::cluster::{Cluster, ClusterSpec};
+use tokenflow_planner::error::PlanError;
+use tokenflow_planner::gpu_catalog::GpuCatalog;
+use tokenflow_planner::options::PlanOptions;
+use tokenflow_planner::plan::Plan;
+use tokenflow_planner::profile::ModelProfile;
 
 /// Simulates `plan` on `cluster` for `model` serving `requests` (arrival
 /// times and lengths, sorted by arrival), without churn and without
@@ -67,7 +67,7 @@ pub fn simulate_plan(
     requests: &[SimRequest],
 ) -> Result<SimOutcome, SimError> {
     check_requests(requests)?;
-    crate::presets::check_model(model)?;
+    tokenflow_planner::presets::check_model(model)?;
     let duration_s = requests.last().map_or(0.0, |r| r.arrival_s).max(1e-3);
     let inputs = RunInputs {
         cluster,
@@ -202,7 +202,7 @@ impl<'a> Simulator<'a> {
         model: &'a ModelProfile,
         scenario: &'a Scenario,
     ) -> Result<Simulator<'a>, SimError> {
-        crate::presets::check_model(model)?;
+        tokenflow_planner::presets::check_model(model)?;
         scenario.config.check()?;
         error::positive("duration", scenario.duration_s)?;
         let requests = scenario
@@ -251,7 +251,7 @@ impl<'a> Simulator<'a> {
             self.requests.len() as u64,
             self.horizon_s(),
         ));
-        let plan = crate::plan_with(
+        let plan = tokenflow_planner::plan_with(
             strategy,
             &self.cluster.cluster,
             self.model,
@@ -270,7 +270,7 @@ impl<'a> Simulator<'a> {
         bound_tok_s: Option<f64>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<StrategyRun, SimError> {
-        crate::strategy::by_name(strategy)?;
+        tokenflow_planner::strategy::by_name(strategy)?;
         let inputs = RunInputs {
             cluster: &self.cluster.cluster,
             spec: self
@@ -310,7 +310,7 @@ impl<'a> Simulator<'a> {
             model: self.model.name.clone(),
             load: load_label(&self.scenario.workload),
             churn: self.scenario.churn.label(),
-            router: self.scenario.config.router.name().to_string(),
+            router: self.scenario.config.scheduler.router.name().to_string(),
             replan: self.scenario.config.replan.to_string(),
             duration_s: self.scenario.duration_s,
             seed: self.scenario.seed,
@@ -325,14 +325,14 @@ impl<'a> Simulator<'a> {
 /// Strategy names from `all` or a comma-separated list, each checked.
 pub fn strategy_list(spec: &str) -> Result<Vec<String>, SimError> {
     if spec.trim() == "all" {
-        return Ok(crate::strategy::names()
+        return Ok(tokenflow_planner::strategy::names()
             .into_iter()
             .map(String::from)
             .collect());
     }
     let mut out = Vec::new();
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        crate::strategy::by_name(name)?;
+        tokenflow_planner::strategy::by_name(name)?;
         out.push(name.to_string());
     }
     if out.is_empty() {
@@ -365,7 +365,7 @@ fn load_label(w: &WorkloadSpec) -> String {
 
 /// Every metric name a simulation records, in order (the engine's names).
 pub fn metric_names() -> [&'static str; 4] {
-    use crate::latency::metric;
+    use tokenflow_planner::latency::metric;
     [
         metric::TTFT,
         metric::INTER_TOKEN,

@@ -15,12 +15,13 @@
 
 use std::time::Instant;
 
+use tokenflow_core::SchedulerConfig;
 use tokenflow_planner::flow::max_flow;
-use tokenflow_planner::sim::synthetic::community_spec;
-use tokenflow_planner::sim::{
+use tokenflow_planner::{PlanOptions, plan_with, presets};
+use tokenflow_sim::synthetic::community_spec;
+use tokenflow_sim::{
     ChurnSpec, RouterChoice, Scenario, SimCluster, SimConfig, Simulator, WorkloadSpec,
 };
-use tokenflow_planner::{PlanOptions, plan_with, presets};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -73,7 +74,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         duration_s: duration * 1.05,
         seed,
         config: SimConfig {
-            router,
+            scheduler: SchedulerConfig {
+                router,
+                ..SchedulerConfig::default()
+            },
             drain_s: Some(duration),
             ..SimConfig::default()
         },

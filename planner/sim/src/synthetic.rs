@@ -6,12 +6,12 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::availability::AvailabilitySpec;
-use crate::cluster::{
+use tokenflow_planner::availability::AvailabilitySpec;
+use tokenflow_planner::cluster::{
     Cluster, ClusterSpec, LinkDefaults, LinkEntry, LinkScope, LinkSpecFigures, NodeSpec, Provider,
 };
-use crate::error::PlanError;
-use crate::gpu_catalog::GpuCatalog;
+use tokenflow_planner::error::PlanError;
+use tokenflow_planner::gpu_catalog::GpuCatalog;
 
 /// Regions of the community scenario.
 pub const REGIONS: [&str; 7] = [
@@ -167,4 +167,19 @@ pub fn community_spec(nodes: usize, seed: u64) -> ClusterSpec {
 /// links, so it takes memory linear in `nodes`.
 pub fn community_cluster(nodes: usize, seed: u64) -> Result<Cluster, PlanError> {
     community_spec(nodes, seed).resolve(None, &GpuCatalog::builtin())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_nodes_resolve_their_links() {
+        // Every node on its own site and a few region entries: the cluster
+        // resolves any pair from its link rules (no n × n matrix is built).
+        let c = community_cluster(10_000, 1).unwrap();
+        assert_eq!(c.len(), 10_000);
+        let l = c.link(0, 9_999);
+        assert!(l.latency_s > 0.0 && l.bandwidth_bps > 0.0);
+    }
 }

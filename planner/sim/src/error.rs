@@ -3,8 +3,8 @@
 
 use thiserror::Error;
 
-use crate::error::PlanError;
-use crate::latency::LatencyError;
+use tokenflow_planner::error::PlanError;
+use tokenflow_planner::latency::LatencyError;
 
 /// Everything that can go wrong while setting up, running or writing a simulation.
 #[derive(Debug, Error)]
@@ -48,14 +48,12 @@ pub enum SimError {
         /// The operating system's message.
         message: String,
     },
+    /// A scheduling setting out of its range.
+    #[error(transparent)]
+    Scheduler(#[from] tokenflow_core::ConfigError),
     /// A router name that is not known.
-    #[error("unknown router `{name}` (known: {known})")]
-    UnknownRouter {
-        /// The name given.
-        name: String,
-        /// Comma-separated known names.
-        known: String,
-    },
+    #[error(transparent)]
+    UnknownRouter(#[from] tokenflow_planner::router::UnknownRouter),
     /// A node id (in a churn trace) that the cluster does not have.
     #[error("{field}: unknown node `{node}`")]
     UnknownNode {
@@ -74,8 +72,8 @@ pub enum SimError {
     /// memory, refused before they are drawn.
     #[error(
         "{field}: {what} would need about {} of memory, more than the {} available",
-        crate::error::bytes_text(*.needed_bytes),
-        crate::error::bytes_text(*.available_bytes)
+        tokenflow_planner::error::bytes_text(*.needed_bytes),
+        tokenflow_planner::error::bytes_text(*.available_bytes)
     )]
     TooLarge {
         /// What sets the size, e.g. `load.rate x duration` or `churn`.

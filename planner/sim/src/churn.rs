@@ -13,7 +13,7 @@
 //! `scale=X` (`speedup=X` for Weibull, whose `scale` is its own parameter)
 //! divides every up and down time by X: the same availability, X times as many
 //! failures, so that a run of minutes sees the churn of hours. Durations take
-//! `ms`, `s`, `m` or `h` (a unit is required, see [`crate::units`]).
+//! `ms`, `s`, `m` or `h` (a unit is required, see [`tokenflow_planner::units`]).
 //!
 //! Every node starts up. A trace file is CSV in the spirit of the Failure Trace
 //! Archive's event tables: `node,start_s,end_s,state`, one interval per line,
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{SimError, fitting, positive, too_large};
 use super::random::{self, Purpose};
 use super::spec::KeyValues;
-use crate::cluster::Cluster;
+use tokenflow_planner::cluster::Cluster;
 
 /// How nodes fail and come back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,7 +191,12 @@ impl ChurnSpec {
         horizon_s: f64,
         seed: u64,
     ) -> Result<Vec<ChurnEvent>, SimError> {
-        self.timeline_within(cluster, horizon_s, seed, crate::error::available_memory())
+        self.timeline_within(
+            cluster,
+            horizon_s,
+            seed,
+            tokenflow_planner::error::available_memory(),
+        )
     }
 
     /// How many failures and returns happen before `horizon_s` on average:
@@ -390,7 +395,7 @@ fn renewal(
 
 /// Reads a churn trace (see the module documentation) against `cluster`.
 pub fn read_trace(path: &Path, cluster: &Cluster) -> Result<Vec<ChurnEvent>, SimError> {
-    read_trace_within(path, cluster, crate::error::available_memory())
+    read_trace_within(path, cluster, tokenflow_planner::error::available_memory())
 }
 
 /// [`read_trace`], refusing a file whose text, or whose lines as events (two

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
+use tokenflow_core::SchedulerConfig;
 use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::latency::metric;
-use tokenflow_planner::sim::{
+use tokenflow_planner::{Cluster, Plan, PlanError, PlanOptions, plan_with, presets};
+use tokenflow_sim::{
     ChurnSpec, ReplanPolicy, RouterChoice, Scenario, SimCluster, SimConfig, SimError, SimRequest,
     Simulator, Slo, WorkloadSpec, simulate_plan, strategy_list,
 };
-use tokenflow_planner::{Cluster, Plan, PlanError, PlanOptions, plan_with, presets};
 
 const ONE_NODE: &str = r#"
 name = "one"
@@ -37,7 +38,7 @@ region = "r"
 "#;
 
 fn scenario_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/scenarios")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/scenarios")
 }
 
 fn tmp(name: &str, text: &str) -> PathBuf {
@@ -119,7 +120,10 @@ fn two_stage_pipeline_adds_link_and_feedback_times() {
         output_tokens: 2,
     }];
     let config = SimConfig {
-        router: RouterChoice::InterleavedWrr,
+        scheduler: SchedulerConfig {
+            router: RouterChoice::InterleavedWrr,
+            ..SchedulerConfig::default()
+        },
         ..SimConfig::default()
     };
     let out = simulate_plan(&cluster, &model, &options, &plan, &config, &requests).unwrap();
@@ -332,8 +336,8 @@ fn bad_inputs_give_typed_errors() {
         Err(SimError::Spec { .. })
     ));
     assert!(matches!(
-        RouterChoice::parse("random"),
-        Err(SimError::UnknownRouter { .. })
+        RouterChoice::parse("random").map_err(SimError::from),
+        Err(SimError::UnknownRouter(_))
     ));
 
     let cluster = Cluster::from_toml_str(TWO_NODES).unwrap();
@@ -400,12 +404,15 @@ fn bad_inputs_give_typed_errors() {
         Err(SimError::InvalidNumber { .. })
     ));
     let bad_cfg = SimConfig {
-        max_prefill_chunk: 1024,
+        scheduler: SchedulerConfig {
+            max_prefill_chunk: 1024,
+            ..SchedulerConfig::default()
+        },
         ..SimConfig::default()
     };
     assert!(matches!(
         simulate_plan(&cluster, &model, &options, &plan, &bad_cfg, &reqs[..1]),
-        Err(SimError::InvalidNumber { .. })
+        Err(SimError::Scheduler(e)) if e.field == "max_prefill_chunk"
     ));
     let mut wrong = plan.clone();
     wrong.stages[1].replicas[0].node = "ghost".into();
@@ -555,8 +562,8 @@ fn pooled_routing_conserves_requests_under_churn() {
         WorkloadSpec::parse("poisson:rate=0.5,prompt=uniform:32:128,output=uniform:8:32").unwrap();
     sc.config.drain_s = None;
     for router in [RouterChoice::InterleavedWrr, RouterChoice::LeastLoaded] {
-        sc.config.router = router;
-        sc.config.route_cache = tokenflow_planner::sim::RouteCache::Pool(32);
+        sc.config.scheduler.router = router;
+        sc.config.route_cache = tokenflow_sim::RouteCache::Pool(32);
         let sim = Simulator::new(&cluster, &model, &sc).unwrap();
         let st = sim.run("petals", &mut |_| {}).unwrap().outcome.stats;
         assert_eq!(

@@ -12,7 +12,9 @@ use super::StrategyRun;
 use super::engine::{SimStats, Timeline};
 use super::error::SimError;
 use super::spec::Slo;
-use crate::latency::{LatencyError, LatencyReport, LatencySummary, latency_cdf_multi_svg_string};
+use tokenflow_planner::latency::{
+    LatencyError, LatencyReport, LatencySummary, latency_cdf_multi_svg_string,
+};
 
 /// One strategy's row.
 #[derive(Debug, Clone, Serialize, Deserialize)]

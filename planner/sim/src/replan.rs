@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use crate::cluster::{Cluster, ClusterSpec, LinkScope, NodeSpec};
-use crate::error::PlanError;
-use crate::gpu_catalog::GpuCatalog;
-use crate::options::PlanOptions;
-use crate::plan::Plan;
-use crate::profile::ModelProfile;
+use tokenflow_planner::cluster::{Cluster, ClusterSpec, LinkScope, NodeSpec};
+use tokenflow_planner::error::PlanError;
+use tokenflow_planner::gpu_catalog::GpuCatalog;
+use tokenflow_planner::options::PlanOptions;
+use tokenflow_planner::plan::Plan;
+use tokenflow_planner::profile::ModelProfile;
 
 /// The cluster of nodes `live` (indices into `cluster`, ascending).
 ///
@@ -87,5 +87,5 @@ pub fn plan_subset(
     options: &PlanOptions,
 ) -> Option<Plan> {
     let sub = subset_cluster(cluster, spec, live).ok()?;
-    crate::plan_with(strategy, &sub, model, options).ok()
+    tokenflow_planner::plan_with(strategy, &sub, model, options).ok()
 }

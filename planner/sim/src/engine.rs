@@ -45,23 +45,24 @@ use serde::{Deserialize, Serialize};
 
 use super::churn::ChurnEvent;
 use super::error::SimError;
-use super::spec::{ReplanPolicy, RouteCache, RouterChoice, SimConfig};
+use super::spec::{ReplanPolicy, RouteCache, SimConfig};
 use super::workload::SimRequest;
-use crate::cluster::{Cluster, ClusterSpec};
-use crate::cost::CostModel;
-use crate::flow::max_flow;
-use crate::latency::{LatencyReport, metric};
-use crate::options::PlanOptions;
-use crate::plan::Plan;
-use crate::profile::ModelProfile;
-use crate::router::{InterleavedWrr, LeastLoaded, MinLatency, Router, RouterState};
+use tokenflow_core::batch::StepQueue;
+use tokenflow_planner::cluster::{Cluster, ClusterSpec};
+use tokenflow_planner::cost::CostModel;
+use tokenflow_planner::flow::max_flow;
+use tokenflow_planner::latency::{LatencyReport, metric};
+use tokenflow_planner::options::PlanOptions;
+use tokenflow_planner::plan::Plan;
+use tokenflow_planner::profile::ModelProfile;
+use tokenflow_planner::router::{Router, RouterState, router_load};
 
 /// Bytes of one token id on the feedback link.
 pub const TOKEN_ID_BYTES: f64 = 4.0;
 
 const NONE: u64 = u64::MAX;
 
-use crate::fx_hash::FxBuild;
+use tokenflow_planner::fx_hash::FxBuild;
 
 fn to_ns(s: f64) -> u64 {
     if s.is_nan() || s <= 0.0 {
@@ -370,8 +371,8 @@ struct NodeRt {
     span: Option<(u32, u32)>,
     kv_cap: f64,
     kv_free: f64,
-    decode_q: VecDeque<Item>,
-    prefill_q: VecDeque<Item>,
+    /// Steps waiting for the node's next batch (the core's batch policy).
+    queue: StepQueue<Item>,
     busy: bool,
     kick: bool,
     batch: Vec<Item>,
@@ -433,7 +434,6 @@ pub(crate) struct Sim<'a> {
     /// Per node: index of its GPU kind (nodes with the same kind name share one).
     gpu_kind: Vec<u32>,
     groups: Vec<(u32, u32, u32, u32)>,
-    rest: VecDeque<Item>,
     sends: Vec<(u32, Item, f64)>,
     outcomes: Vec<RequestOutcome>,
     latency: LatencyReport,
@@ -462,7 +462,7 @@ impl<'a> Sim<'a> {
             });
         }
         plan.validate_with(inp.cluster, inp.model, inp.options)
-            .map_err(crate::error::PlanError::from)?;
+            .map_err(tokenflow_planner::error::PlanError::from)?;
         let cm = CostModel::new(inp.model, inp.options);
         let mut kv_prefix = vec![0.0];
         for l in &inp.model.layers {
@@ -537,7 +537,6 @@ impl<'a> Sim<'a> {
             step_memo: HashMap::default(),
             gpu_kind,
             groups: Vec::new(),
-            rest: VecDeque::new(),
             sends: Vec::new(),
             outcomes,
             latency,
@@ -765,11 +764,12 @@ impl<'a> Sim<'a> {
                     .collect()
             })
             .collect::<Vec<Vec<u32>>>();
-        let router: Box<dyn Router> = match self.inp.config.router {
-            RouterChoice::MinLatency => Box::new(MinLatency::new(&plan, cluster, &self.cm)),
-            RouterChoice::InterleavedWrr => Box::new(InterleavedWrr::new(&plan)),
-            RouterChoice::LeastLoaded => Box::new(LeastLoaded::new(&plan)),
-        };
+        let router: Box<dyn Router> = self
+            .inp
+            .config
+            .scheduler
+            .router
+            .build(&plan, cluster, &self.cm);
         let replicas: usize = stage_nodes.iter().map(Vec::len).sum();
         let widest = stage_nodes.iter().map(Vec::len).max().unwrap_or(1);
         let pool_size = match self.inp.config.route_cache {
@@ -825,8 +825,7 @@ impl<'a> Sim<'a> {
         let nd = &mut self.nodes[i];
         nd.epoch = nd.epoch.wrapping_add(1);
         nd.busy = false;
-        nd.decode_q.clear();
-        nd.prefill_q.clear();
+        nd.queue.clear();
         nd.batch.clear();
         nd.kv_free = nd.kv_cap;
     }
@@ -911,10 +910,10 @@ impl<'a> Sim<'a> {
         let Some(p) = self.plan.as_mut() else {
             return;
         };
-        let b = self.inp.config.max_batch_sequences as f64;
+        let b = self.inp.config.scheduler.max_batch_sequences;
         for &i in &p.nodes {
             let id = &self.inp.cluster.nodes[i as usize].id;
-            let v = (self.nodes[i as usize].seqs.len() as f64 / b).min(0.95);
+            let v = router_load(self.nodes[i as usize].seqs.len(), b);
             if let Some(l) = p.state.load.get_mut(id) {
                 *l = v;
             }
@@ -929,15 +928,20 @@ impl<'a> Sim<'a> {
             return; // loads are refreshed when the pool is filled
         }
         let id = &self.inp.cluster.nodes[i as usize].id;
-        let v = (self.nodes[i as usize].seqs.len() as f64
-            / self.inp.config.max_batch_sequences as f64)
-            .min(0.95);
+        let v = router_load(
+            self.nodes[i as usize].seqs.len(),
+            self.inp.config.scheduler.max_batch_sequences,
+        );
         if let Some(l) = p.state.load.get_mut(id) {
             *l = v;
         }
     }
 
-    fn hops_to_path(&self, hops: &[crate::router::Hop], plan: &Plan) -> Option<Vec<PHop>> {
+    fn hops_to_path(
+        &self,
+        hops: &[tokenflow_planner::router::Hop],
+        plan: &Plan,
+    ) -> Option<Vec<PHop>> {
         let mut out = Vec::with_capacity(hops.len());
         for h in hops {
             let i = self.inp.cluster.index_of(&h.node)?;
@@ -992,10 +996,10 @@ impl<'a> Sim<'a> {
     }
 
     fn fill_pool(&mut self, p: &mut PlanRt) {
-        let b = self.inp.config.max_batch_sequences as f64;
+        let b = self.inp.config.scheduler.max_batch_sequences;
         for &i in &p.nodes {
             let id = &self.inp.cluster.nodes[i as usize].id;
-            let v = (self.nodes[i as usize].seqs.len() as f64 / b).min(0.95);
+            let v = router_load(self.nodes[i as usize].seqs.len(), b);
             if let Some(l) = p.state.load.get_mut(id) {
                 *l = v;
             }
@@ -1127,6 +1131,7 @@ impl<'a> Sim<'a> {
             if self
                 .inp
                 .config
+                .scheduler
                 .max_running
                 .is_some_and(|m| self.running >= m)
             {
@@ -1184,7 +1189,7 @@ impl<'a> Sim<'a> {
             self.set_load(h.node);
         }
         let first = path[0].node;
-        let max_chunk = self.inp.config.max_prefill_chunk as u32;
+        let max_chunk = self.inp.config.scheduler.max_prefill_chunk as u32;
         let q = &mut self.seqs[s as usize];
         q.set_path(&path);
         q.reserved = reserved;
@@ -1274,13 +1279,10 @@ impl<'a> Sim<'a> {
     /// Queues a step at a node; `wake`: start its batch at this instant, after
     /// the other events of this instant (so simultaneous admissions share it).
     fn enqueue(&mut self, node: u32, item: Item, wake: bool) {
-        let decode = self.seqs[item.seq as usize].decode;
+        let q = &self.seqs[item.seq as usize];
+        let (decode, tokens) = (q.decode, if q.decode { 1 } else { q.chunk as usize });
         let nd = &mut self.nodes[node as usize];
-        if decode {
-            nd.decode_q.push_back(item);
-        } else {
-            nd.prefill_q.push_back(item);
-        }
+        nd.queue.push(item, tokens, decode);
         if wake && !nd.busy && !nd.kick {
             nd.kick = true;
             self.push(self.now, Ev::Kick(node));
@@ -1310,49 +1312,14 @@ impl<'a> Sim<'a> {
         if self.nodes[i].busy || !self.nodes[i].serving() {
             return;
         }
-        let budget = self.inp.config.token_budget as u32;
-        let max_seqs = self.inp.config.max_batch_sequences;
+        let limits = self.inp.config.scheduler.batch_limits();
         let mut batch = std::mem::take(&mut self.nodes[i].batch);
-        batch.clear();
-        let mut tokens = 0u32;
-        // Decode steps first.
-        while let Some(&it) = self.nodes[i].decode_q.front() {
-            if self.stale(it) {
-                self.nodes[i].decode_q.pop_front();
-                continue;
-            }
-            if batch.len() >= max_seqs || (!batch.is_empty() && tokens + 1 > budget) {
-                break;
-            }
-            self.nodes[i].decode_q.pop_front();
-            batch.push(it);
-            tokens += 1;
-        }
-        // Then prefill chunks in order, each if it fits.
-        if batch.len() < max_seqs && !self.nodes[i].prefill_q.is_empty() {
-            let mut rest = std::mem::take(&mut self.rest);
-            rest.clear();
-            while let Some(it) = self.nodes[i].prefill_q.pop_front() {
-                if self.stale(it) {
-                    continue;
-                }
-                let t = self.seqs[it.seq as usize].chunk;
-                if batch.len() < max_seqs && (batch.is_empty() || tokens + t <= budget) {
-                    batch.push(it);
-                    tokens += t;
-                } else {
-                    rest.push_back(it);
-                }
-                if batch.len() >= max_seqs || tokens >= budget {
-                    break;
-                }
-            }
-            if !rest.is_empty() {
-                rest.append(&mut self.nodes[i].prefill_q);
-                std::mem::swap(&mut self.nodes[i].prefill_q, &mut rest);
-            }
-            self.rest = rest;
-        }
+        let seqs = &self.seqs;
+        self.nodes[i].queue.take_batch_into(
+            &limits,
+            |it| seqs[it.seq as usize].incarnation == it.incarnation,
+            &mut batch,
+        );
         if batch.is_empty() {
             self.nodes[i].batch = batch;
             return;
@@ -1415,7 +1382,7 @@ impl<'a> Sim<'a> {
     /// Moves a finished step on: to the next hop, back to the first, or done.
     fn advance(&mut self, it: Item, sends: &mut Vec<(u32, Item, f64)>) {
         let s = it.seq;
-        let max_chunk = self.inp.config.max_prefill_chunk as u32;
+        let max_chunk = self.inp.config.scheduler.max_prefill_chunk as u32;
         let q = &mut self.seqs[s as usize];
         let h = q.hop as usize;
         if h + 1 < q.hops() {

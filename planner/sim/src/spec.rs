@@ -83,59 +83,18 @@ impl KeyValues {
     }
 }
 
-/// Parses a duration in seconds with the one grammar of [`crate::units`]
+/// Parses a duration in seconds with the one grammar of [`tokenflow_planner::units`]
 /// (`250ms`, `30s`, `5m`, `2h`; a unit is required except for `0`).
 pub fn duration(what: &str, text: &str) -> Result<f64, SimError> {
-    crate::units::parse_seconds(what, text).map_err(|e| SimError::Spec {
+    tokenflow_planner::units::parse_seconds(what, text).map_err(|e| SimError::Spec {
         what: what.into(),
         spec: text.into(),
         message: e.to_string(),
     })
 }
 
-/// Which of the planner's routers picks paths for new and restarted sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RouterChoice {
-    /// [`crate::router::MinLatency`] (the engine's default).
-    #[default]
-    MinLatency,
-    /// [`crate::router::InterleavedWrr`] (Helix).
-    InterleavedWrr,
-    /// [`crate::router::LeastLoaded`].
-    LeastLoaded,
-}
-
-impl RouterChoice {
-    /// Parses a router name (`min-latency`, `interleaved-wrr` (also
-    /// `round-robin`, `wrr`), `least-loaded`: the engine's names).
-    pub fn parse(name: &str) -> Result<RouterChoice, SimError> {
-        match name.trim() {
-            "min-latency" => Ok(RouterChoice::MinLatency),
-            "interleaved-wrr" | "round-robin" | "wrr" => Ok(RouterChoice::InterleavedWrr),
-            "least-loaded" => Ok(RouterChoice::LeastLoaded),
-            other => Err(SimError::UnknownRouter {
-                name: other.into(),
-                known: "min-latency, interleaved-wrr (round-robin, wrr), least-loaded".into(),
-            }),
-        }
-    }
-
-    /// The router's own name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            RouterChoice::MinLatency => "min-latency",
-            RouterChoice::InterleavedWrr => "interleaved-wrr",
-            RouterChoice::LeastLoaded => "least-loaded",
-        }
-    }
-}
-
-impl fmt::Display for RouterChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use tokenflow_core::SchedulerConfig;
+pub use tokenflow_planner::router::RouterChoice;
 
 /// How often the router is asked for a path.
 ///
@@ -276,20 +235,15 @@ impl Slo {
     }
 }
 
-/// Scheduling knobs (the engine's `EngineOptions`, same names and defaults)
+/// The scheduling core's settings (the engine's, same names and defaults)
 /// and the simulator's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimConfig {
-    /// Most tokens (prefill and decode) in one batch of a node.
-    pub token_budget: usize,
-    /// Longest prefill chunk.
-    pub max_prefill_chunk: usize,
-    /// Most sequences in one batch of a node.
-    pub max_batch_sequences: usize,
-    /// Most sequences running at once (the rest wait in order); `None`: only KV limits.
-    pub max_running: Option<usize>,
-    /// Path selection.
-    pub router: RouterChoice,
+    /// Batching, admission and routing: [`tokenflow_core::SchedulerConfig`]
+    /// (its heartbeat and detection settings are the engine's; the simulator
+    /// sees churn as it happens).
+    #[serde(flatten)]
+    pub scheduler: SchedulerConfig,
     /// Router call batching for large plans.
     pub route_cache: RouteCache,
     /// When to re-plan besides stage loss.
@@ -309,11 +263,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            token_budget: 512,
-            max_prefill_chunk: 256,
-            max_batch_sequences: 64,
-            max_running: None,
-            router: RouterChoice::default(),
+            scheduler: SchedulerConfig::default(),
             route_cache: RouteCache::default(),
             replan: ReplanPolicy::default(),
             weight_source_gbps: 10.0,
@@ -327,30 +277,10 @@ impl Default for SimConfig {
 impl SimConfig {
     /// Checks every knob.
     pub fn check(&self) -> Result<(), SimError> {
-        for (field, v) in [
-            ("token_budget", self.token_budget),
-            ("max_prefill_chunk", self.max_prefill_chunk),
-            ("max_batch_sequences", self.max_batch_sequences),
-            ("timeline_bins", self.timeline_bins),
-        ] {
-            if v == 0 {
-                return Err(SimError::InvalidNumber {
-                    field: field.into(),
-                    requirement: "positive".into(),
-                    value: 0.0,
-                });
-            }
-        }
-        if self.max_prefill_chunk > self.token_budget {
+        self.scheduler.validate()?;
+        if self.timeline_bins == 0 {
             return Err(SimError::InvalidNumber {
-                field: "max_prefill_chunk".into(),
-                requirement: format!("at most token_budget ({})", self.token_budget),
-                value: self.max_prefill_chunk as f64,
-            });
-        }
-        if self.max_running == Some(0) {
-            return Err(SimError::InvalidNumber {
-                field: "max_running".into(),
+                field: "timeline_bins".into(),
                 requirement: "positive".into(),
                 value: 0.0,
             });

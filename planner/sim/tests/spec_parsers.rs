@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use tokenflow_planner::Cluster;
-use tokenflow_planner::sim::workload::parse_trace;
-use tokenflow_planner::sim::{
+use tokenflow_sim::workload::parse_trace;
+use tokenflow_sim::{
     ChurnSpec, Lengths, ReplanPolicy, RouteCache, RouterChoice, Slo, WorkloadSpec, spec::duration,
     strategy_list,
 };

@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use tokenflow_planner::cluster::ClusterSpec;
 use tokenflow_planner::gpu_catalog::GpuCatalog;
-use tokenflow_planner::sim::{
+use tokenflow_planner::{Cluster, PlanError, PlanOptions, presets};
+use tokenflow_sim::{
     ChurnSpec, Scenario, SimCluster, SimConfig, SimError, Simulator, WorkloadSpec,
 };
-use tokenflow_planner::{Cluster, PlanError, PlanOptions, presets};
 
 /// Refusals must be immediate: well under a second even on a busy 2-core machine.
 const FAST: Duration = Duration::from_secs(2);
 
 fn scenario_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/scenarios")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/scenarios")
 }
 
 fn tmp(name: &str, text: &str) -> PathBuf {

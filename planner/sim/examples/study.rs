@@ -27,11 +27,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use tokenflow_planner::sim::{
+use tokenflow_core::SchedulerConfig;
+use tokenflow_planner::{PlanOptions, presets, strategy};
+use tokenflow_sim::{
     ChurnSpec, RouterChoice, Scenario, SimCluster, SimComparison, SimConfig, Simulator, Slo,
     WorkloadSpec,
 };
-use tokenflow_planner::{PlanOptions, presets, strategy};
 
 struct Case {
     file: &'static str,
@@ -110,7 +111,10 @@ fn run_case(
         seed: env("SEED", 1u64),
         config: SimConfig {
             drain_s: Some(duration),
-            router: RouterChoice::InterleavedWrr,
+            scheduler: SchedulerConfig {
+                router: RouterChoice::InterleavedWrr,
+                ..SchedulerConfig::default()
+            },
             slo: Slo::parse(case.slo).map_err(|e| e.to_string())?,
             ..SimConfig::default()
         },
@@ -130,7 +134,7 @@ fn run_case(
 }
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/scenarios");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/scenarios");
     let only: Option<Vec<String>> = std::env::var("SCENARIOS")
         .ok()
         .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());

@@ -1,0 +1,233 @@
+//! The batch policy: what one stage call of a node runs, from the steps queued
+//! at it. Decode steps go first (one token each, so long prompts do not stall
+//! running sequences), then prefill chunks in arrival order, each if it fits,
+//! within a token budget and a number of sequences. The first step always fits,
+//! so a chunk larger than the budget still runs alone.
+//!
+//! The engine's stage operators, the simulator's nodes and the plain loop all
+//! queue their steps in a [`StepQueue`] and take their calls from it.
+//!
+//! ```
+//! use tokenflow_core::{BatchLimits, StepQueue};
+//!
+//! let mut q = StepQueue::default();
+//! q.push("prefill a", 300, false);
+//! q.push("decode b", 1, true);
+//! q.push("prefill c", 300, false);
+//! q.push("prefill d", 100, false);
+//! let limits = BatchLimits { token_budget: 512, max_sequences: 64 };
+//! let batch = q.take_batch(&limits, |_| true);
+//! assert_eq!(batch.items, ["decode b", "prefill a", "prefill d"]);
+//! assert_eq!(batch.tokens, 401);
+//! assert_eq!(q.len(), 1); // `prefill c` waits for the next call
+//! ```
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits on one stage call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLimits {
+    /// Most tokens (prefill and decode) in one call.
+    pub token_budget: usize,
+    /// Most sequences in one call.
+    pub max_sequences: usize,
+}
+
+/// The steps of one call, in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<T> {
+    /// The steps.
+    pub items: Vec<T>,
+    /// Tokens of work they carry.
+    pub tokens: usize,
+    /// Steps that were queued when the call was formed (stale ones included).
+    pub queued: usize,
+}
+
+/// Steps queued at one node (or one replica), waiting for its next call.
+#[derive(Debug, Clone)]
+pub struct StepQueue<T> {
+    decode: VecDeque<T>,
+    prefill: VecDeque<(T, usize)>,
+    /// Reused between calls: the prefill chunks a call left behind.
+    scratch: VecDeque<(T, usize)>,
+}
+
+impl<T> Default for StepQueue<T> {
+    fn default() -> Self {
+        Self {
+            decode: VecDeque::new(),
+            prefill: VecDeque::new(),
+            scratch: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> StepQueue<T> {
+    /// Queues a step of `tokens` tokens; `decode`: it continues a sequence by one token.
+    pub fn push(&mut self, item: T, tokens: usize, decode: bool) {
+        if decode {
+            self.decode.push_back(item);
+        } else {
+            self.prefill.push_back((item, tokens));
+        }
+    }
+
+    /// Steps queued.
+    pub fn len(&self) -> usize {
+        self.decode.len() + self.prefill.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.decode.is_empty() && self.prefill.is_empty()
+    }
+
+    /// Drops every queued step.
+    pub fn clear(&mut self) {
+        self.decode.clear();
+        self.prefill.clear();
+    }
+
+    /// Keeps only the steps for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.decode.retain(&mut keep);
+        self.prefill.retain(|(t, _)| keep(t));
+    }
+
+    /// Forms the next call: decode steps first, then prefill chunks in order,
+    /// each if it fits the limits (the first step always does). Steps for which
+    /// `live` is false (of an abandoned attempt) are dropped on the way; the
+    /// others stay queued, in order.
+    pub fn take_batch(&mut self, limits: &BatchLimits, live: impl FnMut(&T) -> bool) -> Batch<T> {
+        let mut items = Vec::new();
+        let (tokens, queued) = self.take_batch_into(limits, live, &mut items);
+        Batch {
+            items,
+            tokens,
+            queued,
+        }
+    }
+
+    /// [`StepQueue::take_batch`] into a vector the caller reuses (cleared
+    /// first): returns the call's tokens and the steps that were queued.
+    pub fn take_batch_into(
+        &mut self,
+        limits: &BatchLimits,
+        mut live: impl FnMut(&T) -> bool,
+        items: &mut Vec<T>,
+    ) -> (usize, usize) {
+        items.clear();
+        let queued = self.len();
+        let max = limits.max_sequences.max(1);
+        let mut tokens = 0usize;
+        while let Some(item) = self.decode.front() {
+            if !live(item) {
+                self.decode.pop_front();
+                continue;
+            }
+            if items.len() >= max || (!items.is_empty() && tokens + 1 > limits.token_budget) {
+                break;
+            }
+            items.push(self.decode.pop_front().expect("front exists"));
+            tokens += 1;
+        }
+        if items.len() < max && !self.prefill.is_empty() {
+            let mut rest = std::mem::take(&mut self.scratch);
+            rest.clear();
+            while let Some((item, t)) = self.prefill.pop_front() {
+                if !live(&item) {
+                    continue;
+                }
+                if items.len() < max && (items.is_empty() || tokens + t <= limits.token_budget) {
+                    items.push(item);
+                    tokens += t;
+                } else {
+                    rest.push_back((item, t));
+                }
+                if items.len() >= max || tokens >= limits.token_budget {
+                    break;
+                }
+            }
+            if !rest.is_empty() {
+                rest.append(&mut self.prefill);
+                std::mem::swap(&mut self.prefill, &mut rest);
+            }
+            self.scratch = rest;
+        }
+        (tokens, queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_chunk_larger_than_the_budget_runs_alone() {
+        let mut q = StepQueue::default();
+        q.push(1, 900, false);
+        q.push(2, 1, true);
+        let limits = BatchLimits {
+            token_budget: 512,
+            max_sequences: 8,
+        };
+        assert_eq!(q.take_batch(&limits, |_| true).items, [2]);
+        let b = q.take_batch(&limits, |_| true);
+        assert_eq!((b.items, b.tokens), (vec![1], 900));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn stale_steps_are_dropped_and_sequences_limited() {
+        let mut q = StepQueue::default();
+        for i in 0..6 {
+            q.push(i, 1, true);
+        }
+        let limits = BatchLimits {
+            token_budget: 512,
+            max_sequences: 2,
+        };
+        let b = q.take_batch(&limits, |&i| i % 2 == 1);
+        assert_eq!(b.items, [1, 3]);
+        assert_eq!(b.queued, 6);
+        assert_eq!(q.take_batch(&limits, |&i| i % 2 == 1).items, [5]);
+        assert!(q.is_empty());
+    }
+
+    proptest! {
+        /// Every live step runs exactly once, each call within the limits (or
+        /// alone), decodes before prefills and prefills in arrival order.
+        #[test]
+        fn every_step_runs_once_within_the_limits(
+            steps in proptest::collection::vec((1usize..700, any::<bool>()), 0..60),
+            budget in 1usize..600,
+            max in 1usize..10,
+        ) {
+            let mut q = StepQueue::default();
+            for (i, &(t, decode)) in steps.iter().enumerate() {
+                q.push(i, if decode { 1 } else { t }, decode);
+            }
+            let limits = BatchLimits { token_budget: budget, max_sequences: max };
+            let mut seen = Vec::new();
+            while !q.is_empty() {
+                let b = q.take_batch(&limits, |_| true);
+                prop_assert!(!b.items.is_empty());
+                prop_assert!(b.items.len() <= max);
+                prop_assert!(b.items.len() == 1 || b.tokens <= budget);
+                let mut in_prefill = false;
+                for &i in &b.items {
+                    let decode = steps[i].1;
+                    prop_assert!(!(decode && in_prefill), "a decode after a prefill");
+                    in_prefill |= !decode;
+                    seen.push(i);
+                }
+            }
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..steps.len()).collect::<Vec<_>>());
+        }
+    }
+}
