@@ -19,6 +19,7 @@ use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
+use tokenflow_planner::ValidationError;
 use tokenflow_planner::{Cluster, Plan};
 
 fn tiny_path() -> PathBuf {
@@ -194,19 +195,25 @@ fn bad_plans_are_refused_before_anything_starts() {
     let mut missing = plan(&c, &[(0..3, vec![0]), (3..6, vec![1])]);
     missing.stages[1].start = 4;
     check(missing, c.clone(), &|e| {
-        matches!(e, PlacementError::LayerMissing { layer: 3 })
+        matches!(
+            e,
+            PlacementError::Plan(ValidationError::LayerMissing { layer: 3 })
+        )
     });
     let mut twice = plan(&c, &[(0..3, vec![0]), (3..6, vec![1])]);
     twice.stages[1].start = 2;
     check(twice, c.clone(), &|e| {
-        matches!(e, PlacementError::LayerCoveredTwice { layer: 2, .. })
+        matches!(
+            e,
+            PlacementError::Plan(ValidationError::LayerCoveredTwice { layer: 2, .. })
+        )
     });
     let mut unknown = plan(&c, &[(0..6, vec![0])]);
     unknown.stages[0].replicas[0].node = "ghost".into();
     check(
         unknown,
         c.clone(),
-        &|e| matches!(e, PlacementError::UnknownNode { node, .. } if node == "ghost"),
+        &|e| matches!(e, PlacementError::Plan(ValidationError::UnknownNode { node, .. }) if node == "ghost"),
     );
     let mut hop = plan(&c, &[(0..3, vec![0]), (3..6, vec![1])]);
     hop.stages[0].replicas[0].next = vec![tokenflow_planner::plan::NextHop {
@@ -216,7 +223,7 @@ fn bad_plans_are_refused_before_anything_starts() {
     check(
         hop,
         c.clone(),
-        &|e| matches!(e, PlacementError::UnknownNextHop { to, .. } if to == "n2"),
+        &|e| matches!(e, PlacementError::Plan(ValidationError::UnknownNextHop { to, .. }) if to == "n2"),
     );
     // A GPU of 100 kB cannot hold the tiny model's stages.
     let small = cluster(

@@ -27,7 +27,10 @@ pub fn static_profile(name: &str, config: &LlamaConfig) -> ModelProfile {
         hidden_size: config.hidden as u32,
         vocab_size: config.vocab_size as u32,
         embed_param_bytes: w.embed,
-        head_param_bytes: w.head,
+        // A tied head reads the table: a stage with the head holds it (as the
+        // engine's placement counts it), once when it has the embedding too.
+        head_param_bytes: w.head + if w.tied { w.embed } else { 0 },
+        tied_embeddings: w.tied,
         head_flops_per_token: 2.0 * (h * config.vocab_size as u64) as f64,
         layers,
         measured: Vec::new(),

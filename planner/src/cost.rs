@@ -32,6 +32,7 @@ pub struct CostModel {
     act: Vec<f64>,
     embed_bytes: f64,
     head_bytes: f64,
+    tied: bool,
     head_flops: f64,
     /// Request mix.
     pub workload: Workload,
@@ -66,6 +67,7 @@ impl CostModel {
                 .collect(),
             embed_bytes: model.embed_param_bytes as f64,
             head_bytes: model.head_param_bytes as f64,
+            tied: model.tied_embeddings,
             head_flops: model.head_flops_per_token,
             workload: opts.workload,
             options: opts.cost,
@@ -136,6 +138,10 @@ impl CostModel {
         }
         if r.end == self.n {
             b += self.head_bytes;
+            if self.tied && r.start == 0 {
+                // The head's table is the embedding, already counted.
+                b -= self.embed_bytes;
+            }
         }
         b
     }

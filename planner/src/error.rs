@@ -200,6 +200,16 @@ pub enum ValidationError {
         /// Node id.
         node: String,
     },
+    /// A routing hop to a node that does not serve the next stage.
+    #[error("stage {stage}: replica `{from}` routes to `{to}`, which does not serve stage {}", stage + 1)]
+    UnknownNextHop {
+        /// Stage index.
+        stage: usize,
+        /// Replica the hop leaves.
+        from: String,
+        /// Node it names.
+        to: String,
+    },
     /// Embedding or head flags on the wrong stage.
     #[error("the embedding must be on the first stage and the head on the last")]
     EmbedHeadMisplaced,

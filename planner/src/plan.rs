@@ -218,7 +218,42 @@ impl Plan {
         model: &ModelProfile,
         opts: &PlanOptions,
     ) -> Result<(), ValidationError> {
-        let n = model.num_layers() as u32;
+        self.validate_structure(cluster, model.num_layers() as u32)?;
+        // Contiguity: a node's stages form one run.
+        for (node, a, b) in self.node_stage_spans() {
+            let count = self.stages[a..=b]
+                .iter()
+                .filter(|st| st.replicas.iter().any(|r| r.node == node))
+                .count();
+            if count != b - a + 1 {
+                return Err(ValidationError::NodeNotContiguous { node });
+            }
+        }
+        let cm = CostModel::new(model, opts);
+        for (node, layers) in self.node_layers() {
+            let gpu = &cluster.nodes[cluster.index_of(&node).unwrap_or(0)].gpu;
+            let needed = cm.memory_needed(&layers, 1);
+            let cap = cm.usable_memory(gpu);
+            if needed > cap {
+                return Err(ValidationError::MemoryOverflow {
+                    node,
+                    needed_gib: needed / GIB,
+                    capacity_gib: cap / GIB,
+                    missing_gib: (needed - cap) / GIB,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every check of [`Plan::validate_with`] but memory and contiguity, for a
+    /// model of `n` layers: coverage, stages in order, known and listed nodes,
+    /// a node at most once per stage, embedding and head flags, routing
+    /// weights, and next hops that serve the next stage. The engine runs it
+    /// before its own checks (workers, the weights as loaded); it also runs
+    /// plans whose nodes hold stages that are not one run, which the planner's
+    /// cost model (one layer span per node) does not describe.
+    pub fn validate_structure(&self, cluster: &Cluster, n: u32) -> Result<(), ValidationError> {
         if self.num_layers != n {
             return Err(ValidationError::LayerCountMismatch {
                 plan_layers: self.num_layers,
@@ -306,6 +341,18 @@ impl Plan {
                         weight: w,
                     });
                 }
+                if let Some(hop) = r.next.iter().find(|h| {
+                    !self
+                        .stages
+                        .get(s + 1)
+                        .is_some_and(|next| next.replicas.iter().any(|n| n.node == h.node))
+                }) {
+                    return Err(ValidationError::UnknownNextHop {
+                        stage: s,
+                        from: r.node.clone(),
+                        to: hop.node.clone(),
+                    });
+                }
                 let next_sum: f64 = r.next.iter().map(|h| h.weight).sum();
                 if !r.next.is_empty() && next_sum <= 0.0 {
                     return Err(ValidationError::NoPositiveWeight {
@@ -321,30 +368,6 @@ impl Plan {
                     stage: s,
                     what: "replica".into(),
                     sum,
-                });
-            }
-        }
-        // Contiguity: a node's stages form one run.
-        for (node, a, b) in self.node_stage_spans() {
-            let count = self.stages[a..=b]
-                .iter()
-                .filter(|st| st.replicas.iter().any(|r| r.node == node))
-                .count();
-            if count != b - a + 1 {
-                return Err(ValidationError::NodeNotContiguous { node });
-            }
-        }
-        let cm = CostModel::new(model, opts);
-        for (node, layers) in self.node_layers() {
-            let gpu = &cluster.nodes[cluster.index_of(&node).unwrap_or(0)].gpu;
-            let needed = cm.memory_needed(&layers, 1);
-            let cap = cm.usable_memory(gpu);
-            if needed > cap {
-                return Err(ValidationError::MemoryOverflow {
-                    node,
-                    needed_gib: needed / GIB,
-                    capacity_gib: cap / GIB,
-                    missing_gib: (needed - cap) / GIB,
                 });
             }
         }

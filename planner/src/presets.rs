@@ -109,6 +109,7 @@ impl LlamaShape {
             embed_param_bytes: embed,
             head_param_bytes: head,
             head_flops_per_token: 2.0 * (v * h) as f64,
+            tied_embeddings: false,
             layers: (0..n).map(layer).collect(),
             measured: Vec::new(),
         }

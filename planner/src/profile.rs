@@ -60,6 +60,10 @@ pub struct ModelProfile {
     pub head_param_bytes: u64,
     /// FLOPs per token of the LM head.
     pub head_flops_per_token: f64,
+    /// Whether the head reads the embedding table (then `head_param_bytes`
+    /// includes it, and a node holding both ends holds the table once).
+    #[serde(default)]
+    pub tied_embeddings: bool,
     /// One entry per transformer block, in order.
     pub layers: Vec<LayerProfile>,
     /// Stage times measured on real hardware, if any.
@@ -80,6 +84,12 @@ impl ModelProfile {
 
     /// Bytes of weights of the whole model (embedding and head counted once if tied).
     pub fn total_param_bytes(&self) -> u64 {
-        self.embed_param_bytes + self.head_param_bytes + self.param_bytes(0..self.layers.len())
+        let table_again = if self.tied_embeddings {
+            self.embed_param_bytes.min(self.head_param_bytes)
+        } else {
+            0
+        };
+        self.embed_param_bytes + self.head_param_bytes - table_again
+            + self.param_bytes(0..self.layers.len())
     }
 }

@@ -188,6 +188,8 @@ fn validation_names_the_problem() {
     p.stages.truncate(1);
     p.stages[0].replicas = vec![p.stages[0].replicas[0].clone()];
     p.stages[0].replicas[0].node = "t4-0".into();
+    // One stage: no next hop.
+    p.stages[0].replicas[0].next.clear();
     match p.validate(&c, &m) {
         Err(ValidationError::MemoryOverflow {
             node, missing_gib, ..

@@ -78,7 +78,8 @@ pub struct EngineArgs {
     /// Longest prefill chunk.
     #[arg(long, default_value_t = 256, value_parser = positive_usize)]
     pub max_prefill_chunk: usize,
-    /// Share of each GPU's memory for weights and KV, in (0, 1].
+    /// Share of each GPU's memory for weights and KV, in (0, 1] (default 0.9: what
+    /// the planner counts as usable after its 10% reserve).
     #[arg(long, value_parser = unit_fraction, allow_negative_numbers = true)]
     pub memory_fraction: Option<f64>,
     /// Nodes to kill: `node@TIME` or `node@DOWN-UP`, comma-separated (e.g. `paris-3090@2s-4s`).

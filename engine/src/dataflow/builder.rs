@@ -49,7 +49,7 @@ use super::compute::ComputeThread;
 use super::error::EngineError;
 use super::faults::{FailureSchedule, FaultClock};
 use super::kernel::{KernelLoader, StageKernel};
-use super::message::StepMsg;
+use super::message::LoopMsg;
 use super::metrics::EngineMetrics;
 use super::placement::stage_weight_bytes;
 use super::placement::{Placement, PlacementOptions};
@@ -273,9 +273,9 @@ impl InferenceDataflow {
             &ids,
             self.options.failures_start_us.unwrap_or_else(now_us),
         ));
-        let (handle, cycle) = scope.feedback::<Vec<StepMsg>>(1);
+        let (handle, cycle) = scope.feedback::<Vec<LoopMsg>>(1);
         let out = sequencer_operator(requests, cycle, sequencer, stages, Rc::clone(&metrics));
-        let (steps, events) = out.ok_err::<Vec<StepMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
+        let (steps, events) = out.ok_err::<Vec<LoopMsg>, _, Vec<EngineEvent>, _, _>(|x| x);
         let context =
             StageContext {
                 placement: Arc::clone(placement),

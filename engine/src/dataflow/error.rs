@@ -9,77 +9,10 @@ pub enum PlacementError {
     /// No worker to run on.
     #[error("the engine needs at least one worker")]
     NoWorkers,
-    /// The plan was made for another model.
-    #[error("the plan covers {plan} layers but the model has {model}")]
-    LayerCount {
-        /// Layers in the plan.
-        plan: usize,
-        /// Layers in the model.
-        model: usize,
-    },
-    /// The plan has no stage.
-    #[error("the plan has no stage")]
-    NoStages,
-    /// A stage's layer range is empty or past the model.
-    #[error(
-        "stage {stage} covers layers {start}..{end}, not a non-empty range inside 0..{n_layers}"
-    )]
-    BadRange {
-        /// Stage index.
-        stage: usize,
-        /// First layer.
-        start: usize,
-        /// One past the last.
-        end: usize,
-        /// Layers of the model.
-        n_layers: usize,
-    },
-    /// No stage covers a layer.
-    #[error("layer {layer} is not covered by any stage")]
-    LayerMissing {
-        /// The layer.
-        layer: usize,
-    },
-    /// Two stages cover a layer.
-    #[error("layer {layer} is covered twice (again by stage {stage})")]
-    LayerCoveredTwice {
-        /// The layer.
-        layer: usize,
-        /// The stage that covers it again.
-        stage: usize,
-    },
-    /// A stage no node serves.
-    #[error("stage {stage} has no replica")]
-    StageWithoutReplica {
-        /// Stage index.
-        stage: usize,
-    },
-    /// A replica on a node the cluster does not have.
-    #[error("stage {stage} names node `{node}`, which is not in the cluster")]
-    UnknownNode {
-        /// Stage index.
-        stage: usize,
-        /// Node id.
-        node: String,
-    },
-    /// A node listed twice for one stage.
-    #[error("stage {stage} lists node `{node}` twice")]
-    DuplicateReplica {
-        /// Stage index.
-        stage: usize,
-        /// Node id.
-        node: String,
-    },
-    /// Routing names a next hop that does not serve the next stage.
-    #[error("stage {stage}: replica `{from}` routes to `{to}`, which does not serve stage {}", stage + 1)]
-    UnknownNextHop {
-        /// Stage index.
-        stage: usize,
-        /// Replica the hop leaves.
-        from: String,
-        /// Node it names.
-        to: String,
-    },
+    /// The plan fails the planner's checks (coverage, nodes, contiguity,
+    /// routing): the one validation every tool runs.
+    #[error("invalid plan: {0}")]
+    Plan(#[from] tokenflow_planner::ValidationError),
     /// A node's weights do not fit its memory.
     #[error("node `{node}` needs {needed} bytes for its weights but has {available} ({} MB missing)", (needed - available) as f64 / 1e6)]
     NodeMemory {

@@ -156,11 +156,8 @@ fn mismatch(seq: SeqId, want: &str, got: &Payload) -> StageError {
         Payload::Logits(_) => "logits",
         Payload::ChunkDone => "a finished chunk",
         Payload::Sampled(_) => "a sampled token",
-        Payload::Release => "a release",
         Payload::Failed(_) => "a failure",
         Payload::Lost(_) => "a lost sequence",
-        Payload::Ping { .. } | Payload::Pong { .. } => "a heartbeat",
-        Payload::Load { .. } => "a load order",
     };
     StageError::BatchMismatch(format!("sequence {seq}: expected {want}, got {got}"))
 }

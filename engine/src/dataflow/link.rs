@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::message::StepMsg;
+use super::message::LoopMsg;
 use super::placement::Placement;
 
 /// Traffic counted on one directed link.
@@ -21,7 +21,7 @@ pub struct LinkTraffic {
 /// Messages in flight on emulated links, each with what keeps it alive (a capability).
 pub struct DelayedInbox<C> {
     heap: BinaryHeap<Reverse<(u64, u64)>>,
-    held: HashMap<u64, (C, StepMsg)>,
+    held: HashMap<u64, (C, LoopMsg)>,
     next_id: u64,
     link_free_us: HashMap<(u32, u32), u64>,
     /// Traffic per (from node, to node).
@@ -42,18 +42,19 @@ impl<C> Default for DelayedInbox<C> {
 
 impl<C> DelayedInbox<C> {
     /// Accepts a message arriving at node `to`; it becomes ready when the link delivers it.
-    pub fn push(&mut self, placement: &Placement, to: u32, cap: C, msg: StepMsg) {
-        let link = placement.link(msg.from_node, to);
-        let mut ready = msg.sent_us;
-        if msg.from_node != to {
+    pub fn push(&mut self, placement: &Placement, to: u32, cap: C, msg: LoopMsg) {
+        let (from, sent_us) = (msg.from_node(), msg.sent_us());
+        let link = placement.link(from, to);
+        let mut ready = sent_us;
+        if from != to {
             let bytes = msg.wire_bytes();
-            let t = self.traffic.entry((msg.from_node, to)).or_default();
+            let t = self.traffic.entry((from, to)).or_default();
             t.messages += 1;
             t.bytes += bytes;
             let transfer = link.transfer_us(bytes);
             if transfer > 0 || link.latency_us() > 0 {
-                let free = self.link_free_us.entry((msg.from_node, to)).or_insert(0);
-                let start = (*free).max(msg.sent_us);
+                let free = self.link_free_us.entry((from, to)).or_insert(0);
+                let start = (*free).max(sent_us);
                 *free = start + transfer;
                 ready = start + transfer + link.latency_us();
             }
@@ -65,7 +66,7 @@ impl<C> DelayedInbox<C> {
     }
 
     /// Messages delivered by `now_us`, in delivery order.
-    pub fn ready(&mut self, now_us: u64) -> Vec<(C, StepMsg)> {
+    pub fn ready(&mut self, now_us: u64) -> Vec<(C, LoopMsg)> {
         let mut out = Vec::new();
         while let Some(Reverse((t, id))) = self.heap.peek().copied() {
             if t > now_us {

@@ -1,4 +1,8 @@
-//! What flows around the loop: one message per sequence step, carrying its path.
+//! What flows around the loop: a [`LoopMsg`] is either one step of one
+//! sequence ([`StepMsg`], carrying its path and its data) or a control message
+//! of the sequencer ([`ControlMsg`]: a release, a heartbeat, a load order).
+//! They travel the same operators and links, but a stage never mistakes one
+//! for the other: no sentinel ids.
 
 use serde::{Deserialize, Serialize};
 use tokenflow_operators::{SamplingParams, SeqChunk, SeqId};
@@ -19,42 +23,11 @@ pub enum Payload {
     ChunkDone,
     /// The token the sampler drew.
     Sampled(u32),
-    /// The sequence is over: free its KV on every stage of the path, then come back.
-    Release,
     /// A stage could not run the step; the sequence ends with this error.
     Failed(String),
     /// A stage no longer holds the sequence's state (its node restarted): the
     /// sequence restarts from its token log.
     Lost(String),
-    /// Load a replica of plan stage `stage` on `node` (a re-plan after the stage
-    /// lost every replica); it comes back to the sequencer, with `error` set when
-    /// loading failed.
-    Load {
-        /// Node index.
-        node: u32,
-        /// Plan stage.
-        stage: u32,
-        /// KV bytes the new replica may use.
-        kv_bytes: u64,
-        /// Why loading failed, if it did.
-        error: Option<String>,
-    },
-    /// A heartbeat from the sequencer to a node.
-    Ping {
-        /// Node index.
-        node: u32,
-        /// When the sequencer sent it (µs since the epoch).
-        sent_us: u64,
-    },
-    /// A node's answer: it is up, and how many times it has restarted.
-    Pong {
-        /// Node index.
-        node: u32,
-        /// Restarts so far; a change means its memory was lost.
-        incarnation: u32,
-        /// When the ping it answers was sent (µs since the epoch).
-        pinged_us: u64,
-    },
 }
 
 /// One step of one sequence: a prefill chunk or a decode token.
@@ -92,25 +65,6 @@ pub struct StepMsg {
 }
 
 impl StepMsg {
-    /// A message from the sequencer that carries no tokens (a release, a
-    /// heartbeat, a load order): `seq` is `u64::MAX` when it is about no sequence.
-    pub fn control(seq: SeqId, attempt: u32, route: Vec<u32>, payload: Payload) -> Self {
-        StepMsg {
-            seq,
-            attempt,
-            route,
-            start: 0,
-            len: 0,
-            last_chunk: false,
-            replay: false,
-            sampling: SamplingParams::greedy(),
-            history: Vec::new(),
-            from_node: CLIENT,
-            sent_us: super::clock::now_us(),
-            payload,
-        }
-    }
-
     /// The chunk this step covers.
     pub fn chunk(&self) -> SeqChunk {
         SeqChunk::new(self.seq, self.start as usize, self.len as usize)
@@ -124,17 +78,127 @@ impl StepMsg {
         }
     }
 
-    /// Whether it is a heartbeat or its answer (they pass every stage operator untouched).
-    pub fn is_heartbeat(&self) -> bool {
-        matches!(
-            self.payload,
-            Payload::Ping { .. } | Payload::Pong { .. } | Payload::Load { .. }
-        )
-    }
-
     /// Whether it is a decode step (one token, continuing a sequence).
     pub fn is_decode(&self) -> bool {
         self.len == 1 && self.start > 0
+    }
+
+    /// Bytes of the message as timely's serde path encodes it (bincode).
+    pub fn wire_bytes(&self) -> u64 {
+        bincode::serialized_size(self).unwrap_or(0)
+    }
+}
+
+/// What a control message asks or answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// The sequence is over on this path: free its KV on every stage of the
+    /// path, then come back.
+    Release {
+        /// The sequence.
+        seq: SeqId,
+        /// The attempt whose path is freed.
+        attempt: u32,
+    },
+    /// Load a replica of plan stage `stage` on `node` (a re-plan after the stage
+    /// lost every replica); it comes back to the sequencer, with `error` set when
+    /// loading failed.
+    Load {
+        /// Node index.
+        node: u32,
+        /// Plan stage.
+        stage: u32,
+        /// KV bytes the new replica may use.
+        kv_bytes: u64,
+        /// Why loading failed, if it did.
+        error: Option<String>,
+    },
+    /// A heartbeat from the sequencer to a node.
+    Ping {
+        /// Node index.
+        node: u32,
+        /// When the sequencer sent it (µs since the epoch).
+        sent_us: u64,
+    },
+    /// A node's answer: it is up, and how many times it has restarted.
+    Pong {
+        /// Node index.
+        node: u32,
+        /// Restarts so far; a change means its memory was lost.
+        incarnation: u32,
+        /// When the ping it answers was sent (µs since the epoch).
+        pinged_us: u64,
+    },
+}
+
+/// A control message of the sequencer, routed like a step: a release follows
+/// the sequence's path, a ping or a load order visits one node at every stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlMsg {
+    /// What it asks or answers.
+    pub control: Control,
+    /// Node index at each plan stage it visits.
+    pub route: Vec<u32>,
+    /// Node the message last left (`CLIENT` when it comes from the sequencer).
+    pub from_node: u32,
+    /// When it left that node (µs since the epoch), for link emulation.
+    pub sent_us: u64,
+}
+
+impl ControlMsg {
+    /// A control message leaving the sequencer now.
+    pub fn new(control: Control, route: Vec<u32>) -> Self {
+        Self {
+            control,
+            route,
+            from_node: CLIENT,
+            sent_us: super::clock::now_us(),
+        }
+    }
+}
+
+/// Anything on the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LoopMsg {
+    /// One step of one sequence.
+    Step(StepMsg),
+    /// A control message.
+    Control(ControlMsg),
+}
+
+impl LoopMsg {
+    /// Node index at each plan stage.
+    pub fn route(&self) -> &[u32] {
+        match self {
+            LoopMsg::Step(m) => &m.route,
+            LoopMsg::Control(m) => &m.route,
+        }
+    }
+
+    /// Node the message last left.
+    pub fn from_node(&self) -> u32 {
+        match self {
+            LoopMsg::Step(m) => m.from_node,
+            LoopMsg::Control(m) => m.from_node,
+        }
+    }
+
+    /// When it left that node (µs since the epoch).
+    pub fn sent_us(&self) -> u64 {
+        match self {
+            LoopMsg::Step(m) => m.sent_us,
+            LoopMsg::Control(m) => m.sent_us,
+        }
+    }
+
+    /// Stamps it as leaving `node` at `now_us`.
+    pub fn leave(&mut self, node: u32, now_us: u64) {
+        let (from, at) = match self {
+            LoopMsg::Step(m) => (&mut m.from_node, &mut m.sent_us),
+            LoopMsg::Control(m) => (&mut m.from_node, &mut m.sent_us),
+        };
+        *from = node;
+        *at = now_us;
     }
 
     /// Bytes of the message as timely's serde path encodes it (bincode).

@@ -2,7 +2,7 @@
 //! workers need: which node runs on which worker, what each node loads, its
 //! memory budget, its emulated speed, and the links between nodes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use tokenflow_operators::LlamaConfig;
@@ -46,12 +46,22 @@ impl LinkModel {
 pub struct PlacementOptions {
     /// Worker of each node; nodes not named go round robin in plan order.
     pub node_workers: BTreeMap<String, usize>,
-    /// Share of each GPU's memory the node may use for weights and KV (default 1).
+    /// Share of each GPU's memory the node may use for weights and KV
+    /// (default: what the planner leaves after its reserve,
+    /// [`default_memory_fraction`], so plan, simulator and engine agree).
     pub memory_fraction: Option<f64>,
     /// Stretch stage calls on slower GPUs (by memory bandwidth, decode's bound).
     pub emulate_speed: bool,
     /// Delay messages by the cluster's link latency and bandwidth.
     pub emulate_links: bool,
+}
+
+/// The share of a GPU's memory the planner counts as usable (all but
+/// `PlanOptions::cost.memory_reserve`).
+pub fn default_memory_fraction() -> f64 {
+    1.0 - tokenflow_planner::PlanOptions::default()
+        .cost
+        .memory_reserve
 }
 
 impl PlacementOptions {
@@ -132,60 +142,15 @@ impl Placement {
         if workers == 0 {
             return Err(PlacementError::NoWorkers);
         }
-        if plan.num_layers as usize != n_layers {
-            return Err(PlacementError::LayerCount {
-                plan: plan.num_layers as usize,
-                model: n_layers,
-            });
-        }
-        if plan.stages.is_empty() {
-            return Err(PlacementError::NoStages);
-        }
-        let mut next_layer = 0usize;
-        for (s, st) in plan.stages.iter().enumerate() {
-            let (a, b) = (st.start as usize, st.end as usize);
-            if a >= b || b > n_layers {
-                return Err(PlacementError::BadRange {
-                    stage: s,
-                    start: a,
-                    end: b,
-                    n_layers,
-                });
-            }
-            if a > next_layer {
-                return Err(PlacementError::LayerMissing { layer: next_layer });
-            }
-            if a < next_layer {
-                return Err(PlacementError::LayerCoveredTwice { layer: a, stage: s });
-            }
-            next_layer = b;
-            if st.replicas.is_empty() {
-                return Err(PlacementError::StageWithoutReplica { stage: s });
-            }
-        }
-        if next_layer < n_layers {
-            return Err(PlacementError::LayerMissing { layer: next_layer });
-        }
+        // The planner's checks first; what follows is the engine's own.
+        plan.validate_structure(cluster, n_layers as u32)?;
 
         // Nodes in order of first appearance.
         let mut ids: Vec<String> = Vec::new();
         let mut stage_replicas = Vec::new();
-        for (s, st) in plan.stages.iter().enumerate() {
-            let mut seen = HashSet::new();
+        for st in &plan.stages {
             let mut reps = Vec::new();
             for r in &st.replicas {
-                if cluster.index_of(&r.node).is_none() {
-                    return Err(PlacementError::UnknownNode {
-                        stage: s,
-                        node: r.node.clone(),
-                    });
-                }
-                if !seen.insert(r.node.as_str()) {
-                    return Err(PlacementError::DuplicateReplica {
-                        stage: s,
-                        node: r.node.clone(),
-                    });
-                }
                 let idx = match ids.iter().position(|n| n == &r.node) {
                     Some(i) => i,
                     None => {
@@ -196,23 +161,6 @@ impl Placement {
                 reps.push(idx as u32);
             }
             stage_replicas.push(reps);
-        }
-        for (s, st) in plan.stages.iter().enumerate() {
-            for r in &st.replicas {
-                for hop in &r.next {
-                    let ok = plan
-                        .stages
-                        .get(s + 1)
-                        .is_some_and(|next| next.replicas.iter().any(|n| n.node == hop.node));
-                    if !ok {
-                        return Err(PlacementError::UnknownNextHop {
-                            stage: s,
-                            from: r.node.clone(),
-                            to: hop.node.clone(),
-                        });
-                    }
-                }
-            }
         }
         for (node, &w) in &options.node_workers {
             if w >= workers {
@@ -229,7 +177,10 @@ impl Placement {
             .iter()
             .map(|r| model.kv_bytes_per_token_per_layer() * r.len() as u64)
             .collect();
-        let fraction = options.memory_fraction.unwrap_or(1.0).clamp(0.0, 1.0);
+        let fraction = options
+            .memory_fraction
+            .unwrap_or_else(default_memory_fraction)
+            .clamp(0.0, 1.0);
         let fastest = ids
             .iter()
             .filter_map(|id| cluster.node(id))
@@ -238,12 +189,9 @@ impl Placement {
         let last = plan.stages.len() - 1;
         let mut nodes = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            let node = cluster
-                .node(id)
-                .ok_or_else(|| PlacementError::UnknownNode {
-                    stage: 0,
-                    node: id.clone(),
-                })?;
+            let Some(node) = cluster.node(id) else {
+                unreachable!("validate_structure checked every node against the cluster")
+            };
             let stages: Vec<usize> = (0..plan.stages.len())
                 .filter(|&s| stage_replicas[s].contains(&(i as u32)))
                 .collect();

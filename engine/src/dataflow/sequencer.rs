@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use tokenflow_core::sequencer::{Command, Feedback, LatencyMetric, Sequencer};
 
 use super::clock::now_us;
-use super::message::{CLIENT, Payload, StepMsg};
+use super::message::{CLIENT, Control, ControlMsg, LoopMsg, Payload, StepMsg};
 use super::metrics::{EngineMetrics, names};
 
 pub use tokenflow_core::{RequestTiming, Submission};
@@ -24,28 +24,36 @@ pub use tokenflow_core::{RequestTiming, Submission};
 pub type EngineEvent = tokenflow_core::SequencerEvent;
 
 /// The feedback a message coming back around the loop carries, if any.
-fn feedback_of(msg: StepMsg) -> Option<Feedback> {
+fn feedback_of(msg: LoopMsg) -> Option<Feedback> {
+    let msg = match msg {
+        LoopMsg::Control(c) => {
+            return match c.control {
+                Control::Pong {
+                    node,
+                    incarnation,
+                    pinged_us,
+                } => Some(Feedback::Pong {
+                    node,
+                    incarnation,
+                    pinged_us,
+                }),
+                Control::Load {
+                    node, stage, error, ..
+                } => Some(Feedback::Loaded {
+                    node,
+                    stage: stage as usize,
+                    error,
+                }),
+                Control::Release { seq, attempt } => Some(Feedback::Released { seq, attempt }),
+                // A ping that came back unanswered went past a dead node.
+                Control::Ping { .. } => None,
+            };
+        }
+        LoopMsg::Step(m) => m,
+    };
     let (seq, attempt) = (msg.seq, msg.attempt);
     let end = (msg.start + msg.len) as usize;
     Some(match msg.payload {
-        Payload::Pong {
-            node,
-            incarnation,
-            pinged_us,
-        } => Feedback::Pong {
-            node,
-            incarnation,
-            pinged_us,
-        },
-        Payload::Load {
-            node, stage, error, ..
-        } => Feedback::Loaded {
-            node,
-            stage: stage as usize,
-            error,
-        },
-        Payload::Ping { .. } => return None,
-        Payload::Release => Feedback::Released { seq, attempt },
         Payload::Lost(_) => Feedback::Lost { seq, attempt },
         Payload::ChunkDone => Feedback::ChunkDone { seq, attempt, end },
         Payload::Sampled(token) => Feedback::Sampled {
@@ -72,10 +80,11 @@ fn message_of(
     command: Command,
     stages: usize,
     metrics: &RefCell<EngineMetrics>,
-) -> Option<Result<StepMsg, EngineEvent>> {
+) -> Option<Result<LoopMsg, EngineEvent>> {
     let now = now_us();
+    let control = |control, route| Ok(LoopMsg::Control(ControlMsg::new(control, route)));
     Some(match command {
-        Command::Send(step) => Ok(StepMsg {
+        Command::Send(step) => Ok(LoopMsg::Step(StepMsg {
             seq: step.seq,
             attempt: step.attempt,
             route: step.route,
@@ -88,33 +97,28 @@ fn message_of(
             from_node: step.from_node.unwrap_or(CLIENT),
             sent_us: now,
             payload: Payload::Tokens(step.tokens),
-        }),
+        })),
         Command::Release {
             seq,
             attempt,
             route,
-        } => Ok(StepMsg::control(seq, attempt, route, Payload::Release)),
-        Command::Ping { node, sent_us } => Ok(StepMsg::control(
-            u64::MAX,
-            0,
-            vec![node; stages],
-            Payload::Ping { node, sent_us },
-        )),
+        } => control(Control::Release { seq, attempt }, route),
+        Command::Ping { node, sent_us } => {
+            control(Control::Ping { node, sent_us }, vec![node; stages])
+        }
         Command::Load {
             node,
             stage,
             kv_bytes,
-        } => Ok(StepMsg::control(
-            u64::MAX,
-            0,
-            vec![node; stages],
-            Payload::Load {
+        } => control(
+            Control::Load {
                 node,
                 stage: stage as u32,
                 kv_bytes,
                 error: None,
             },
-        )),
+            vec![node; stages],
+        ),
         Command::Event(event) => Err(event),
         Command::Latency { metric, us } => {
             let name = match metric {
@@ -140,17 +144,17 @@ fn hold(held: &mut Option<Capability<u64>>, cap: Capability<u64>) {
 /// Adds the sequencer: new requests and the loop's feedback in, steps and events out.
 pub fn sequencer_operator<'s>(
     requests: StreamVec<'s, u64, Submission>,
-    feedback: StreamVec<'s, u64, StepMsg>,
+    feedback: StreamVec<'s, u64, LoopMsg>,
     sequencer: Sequencer,
     stages: usize,
     metrics: Rc<RefCell<EngineMetrics>>,
-) -> StreamVec<'s, u64, Result<StepMsg, EngineEvent>> {
+) -> StreamVec<'s, u64, Result<LoopMsg, EngineEvent>> {
     let scope = requests.scope();
     let heartbeat = sequencer.config().heartbeat;
     requests.binary(
         feedback,
         Exchange::new(|_: &Submission| 0u64),
-        Exchange::new(|_: &StepMsg| 0u64),
+        Exchange::new(|_: &LoopMsg| 0u64),
         "Sequencer",
         move |_cap, info| {
             let activator = scope.activator_for(info.address);

@@ -27,7 +27,7 @@ use super::compute::{ComputeDone, ComputeJob, ComputeThread};
 use super::faults::FaultClock;
 use super::kernel::{KernelLoader, StageKernel};
 use super::link::DelayedInbox;
-use super::message::{Payload, StepMsg};
+use super::message::{Control, LoopMsg, Payload, StepMsg};
 use super::metrics::EngineMetrics;
 use super::placement::Placement;
 
@@ -115,11 +115,11 @@ struct NodeQueue {
 /// `kernels` holds this worker's copy of the stage for each node (by node index)
 /// the placement puts here; steps are exchanged to the worker of their route's node.
 pub fn stage_operator<'s>(
-    steps: StreamVec<'s, u64, StepMsg>,
+    steps: StreamVec<'s, u64, LoopMsg>,
     role: StageRole,
     kernels: BTreeMap<u32, StageKernel>,
     context: StageContext,
-) -> StreamVec<'s, u64, StepMsg> {
+) -> StreamVec<'s, u64, LoopMsg> {
     let StageContext {
         placement,
         limits,
@@ -132,8 +132,8 @@ pub fn stage_operator<'s>(
     let last_stage = placement.num_stages() - 1;
     let route_index = role.route_index(placement.num_stages());
     let route_placement = Arc::clone(&placement);
-    let pact = Exchange::new(move |m: &StepMsg| {
-        m.route
+    let pact = Exchange::new(move |m: &LoopMsg| {
+        m.route()
             .get(route_index)
             .map_or(0, |&n| route_placement.worker_of(n)) as u64
     });
@@ -173,7 +173,7 @@ pub fn stage_operator<'s>(
                         return;
                     };
                     for msg in data.drain(..) {
-                        let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
+                        let node = msg.route().get(route_index).copied().unwrap_or(u32::MAX);
                         inbox.push(&placement, node, cap.clone(), msg);
                     }
                 });
@@ -233,28 +233,47 @@ pub fn stage_operator<'s>(
                     q.outbox = call.caps.into_iter().zip(batch).collect();
                     q.release_us = done.finished_us + busy_us.saturating_sub(done.compute_us);
                 }
-                for (cap, mut msg) in inbox.ready(now) {
-                    let node = msg.route.get(route_index).copied().unwrap_or(u32::MAX);
+                for (cap, msg) in inbox.ready(now) {
+                    let node = msg.route().get(route_index).copied().unwrap_or(u32::MAX);
                     let down = faults.is_down(node, now);
-                    match msg.payload {
+                    let mut c = match msg {
                         // A dead node drops what reaches it, as on a real network.
-                        Payload::Ping { .. } | Payload::Pong { .. } if down => {}
-                        Payload::Ping {
+                        LoopMsg::Step(_) if down => continue,
+                        LoopMsg::Step(mut m) => {
+                            match nodes.get_mut(&node) {
+                                Some(q) => q.ready.push_back((cap, m)),
+                                None => {
+                                    // No replica here: the route is wrong; the sequence
+                                    // fails, nothing else does.
+                                    m.payload = Payload::Failed(format!(
+                                        "{}: no replica of node {node} on this worker",
+                                        role.name()
+                                    ));
+                                    output.session(&cap).give(LoopMsg::Step(m));
+                                }
+                            }
+                            continue;
+                        }
+                        LoopMsg::Control(c) => c,
+                    };
+                    match c.control {
+                        Control::Ping { .. } | Control::Pong { .. } | Control::Load { .. }
+                            if down => {}
+                        Control::Ping {
                             node: target,
                             sent_us,
                         } => {
-                            msg.payload = Payload::Pong {
+                            c.control = Control::Pong {
                                 node: target,
                                 incarnation: faults.incarnation(target, now),
                                 pinged_us: sent_us,
                             };
-                            msg.from_node = node;
-                            msg.sent_us = now;
-                            output.session(&cap).give(msg);
+                            c.from_node = node;
+                            c.sent_us = now;
+                            output.session(&cap).give(LoopMsg::Control(c));
                         }
-                        Payload::Pong { .. } => output.session(&cap).give(msg),
-                        Payload::Load { .. } if down => {}
-                        Payload::Load {
+                        Control::Pong { .. } => output.session(&cap).give(LoopMsg::Control(c)),
+                        Control::Load {
                             node: target,
                             stage,
                             kv_bytes,
@@ -290,31 +309,19 @@ pub fn stage_operator<'s>(
                                     Err(e) => *error = Some(e.to_string()),
                                 }
                             }
-                            output.session(&cap).give(msg);
+                            output.session(&cap).give(LoopMsg::Control(c));
                         }
                         // Releases stand for direct messages from the sequencer to each
                         // node of a path: a dead node does not stop them reaching the others.
-                        Payload::Release => {
+                        Control::Release { seq, .. } => {
                             if !down && let Some(q) = nodes.get_mut(&node) {
                                 match q.kernel.as_mut() {
-                                    Some(k) => k.release(msg.seq),
-                                    None => q.pending_releases.push(msg.seq),
+                                    Some(k) => k.release(seq),
+                                    None => q.pending_releases.push(seq),
                                 }
                             }
-                            output.session(&cap).give(msg);
+                            output.session(&cap).give(LoopMsg::Control(c));
                         }
-                        _ if down => {}
-                        _ => match nodes.get_mut(&node) {
-                            Some(q) => q.ready.push_back((cap, msg)),
-                            None => {
-                                // No replica here: the route is wrong; the sequence fails, nothing else does.
-                                msg.payload = Payload::Failed(format!(
-                                    "{}: no replica of node {node} on this worker",
-                                    role.name()
-                                ));
-                                output.session(&cap).give(msg);
-                            }
-                        },
                     }
                 }
                 let mut wake: Option<u64> = inbox.next_delivery_us();
@@ -325,37 +332,26 @@ pub fn stage_operator<'s>(
                             for (cap, mut msg) in q.outbox.drain(..) {
                                 msg.from_node = node;
                                 msg.sent_us = now;
-                                output.session(&cap).give(msg);
+                                output.session(&cap).give(LoopMsg::Step(msg));
                             }
                         } else {
                             wake = Some(wake.map_or(q.release_us, |w| w.min(q.release_us)));
                             continue;
                         }
                     }
-                    // Control messages pass at once.
+                    // Steps with no work at this stage (a finished chunk, a token, a
+                    // failure on the way back) pass at once.
                     for (cap, mut msg) in q.ready.drain(..) {
                         match msg.payload {
-                            Payload::Release => {
-                                match q.kernel.as_mut() {
-                                    Some(k) => k.release(msg.seq),
-                                    None => q.pending_releases.push(msg.seq),
-                                }
-                                msg.from_node = node;
-                                msg.sent_us = now;
-                                output.session(&cap).give(msg);
-                            }
                             Payload::Failed(_)
                             | Payload::Lost(_)
                             | Payload::ChunkDone
-                            | Payload::Sampled(_)
-                            | Payload::Ping { .. }
-                            | Payload::Pong { .. }
-                            | Payload::Load { .. } => {
+                            | Payload::Sampled(_) => {
                                 msg.from_node = node;
                                 msg.sent_us = now;
-                                output.session(&cap).give(msg);
+                                output.session(&cap).give(LoopMsg::Step(msg));
                             }
-                            _ => {
+                            Payload::Tokens(_) | Payload::Hidden(_) | Payload::Logits(_) => {
                                 let (tokens, decode) = (msg.work_tokens(), msg.is_decode());
                                 q.work.push((cap, msg), tokens, decode);
                             }

@@ -166,10 +166,9 @@ pub fn check_splits(splits: &[Range<usize>], n_layers: usize) -> Result<(), Stag
     Ok(())
 }
 
-/// `n` contiguous ranges splitting `0..n_layers` as evenly as possible.
+/// `n` contiguous ranges splitting `0..n_layers` as evenly as possible: the
+/// planner's [`tokenflow_planner::strategy::even_ranges`], so a split named
+/// by count means the same layers to every tool.
 pub fn even_splits(n_layers: usize, n: usize) -> Vec<Range<usize>> {
-    let n = n.clamp(1, n_layers);
-    (0..n)
-        .map(|i| i * n_layers / n..(i + 1) * n_layers / n)
-        .collect()
+    tokenflow_planner::strategy::even_ranges(n_layers, n)
 }
