@@ -46,9 +46,22 @@ pub enum EngineError {
     /// Loading a stage failed.
     #[error("loading stages: {0}")]
     Stage(#[from] StageError),
-    /// The model file could not be opened.
-    #[error("model: {0}")]
-    Model(String),
+    /// The model file could not be opened or parsed.
+    #[error("model {}: {source}", path.display())]
+    Model {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: tokenflow_operators::llama::ModelError,
+    },
+    /// The model file could not be read (for the cluster's fingerprint).
+    #[error("model {}: {source}", path.display())]
+    ModelRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// Timely could not start or a worker failed.
     #[error("timely: {0}")]
     Timely(String),

@@ -112,8 +112,10 @@ fn fingerprint(
     workers: usize,
     hosts: &[String],
 ) -> Result<Fingerprint, EngineError> {
-    let model = model_fingerprint_bytes(model_path)
-        .map_err(|e| EngineError::Model(format!("{}: {e}", model_path.display())))?;
+    let model = model_fingerprint_bytes(model_path).map_err(|source| EngineError::ModelRead {
+        path: model_path.to_path_buf(),
+        source,
+    })?;
     let plan = serde_json::to_vec(plan).map_err(|e| EngineError::Timely(e.to_string()))?;
     let mut shared = options.clone();
     shared.token_log = None;
@@ -201,7 +203,10 @@ pub fn run(
 ) -> Result<Option<RunOutcome>, EngineError> {
     let model = Arc::new(
         LlamaModel::open(&spec.model_path)
-            .map_err(|e| EngineError::Model(e.to_string()))?
+            .map_err(|source| EngineError::Model {
+                path: spec.model_path.clone(),
+                source,
+            })?
             .with_numerics(spec.options.numerics),
     );
     let peers = spec.communication.peers();
