@@ -446,8 +446,9 @@ impl Sequencer {
     /// A new request: it is checked at once (refused with a typed error that
     /// touches nothing else) and queued; it starts on a later
     /// [`Sequencer::on_tick`], in order, when a path has KV room for it.
-    pub fn submit(&mut self, submission: Submission, now_us: u64, out: &mut Vec<Command>) {
-        let _ = now_us;
+    /// `_now_us`: checking and queueing take no time; it is kept so that every
+    /// entry point reads the clock the same way.
+    pub fn submit(&mut self, submission: Submission, _now_us: u64, out: &mut Vec<Command>) {
         self.first_submitted_us = Some(
             self.first_submitted_us
                 .map_or(submission.submitted_us, |t| t.min(submission.submitted_us)),
@@ -490,8 +491,7 @@ impl Sequencer {
     /// The client withdrew `seq`: it ends now (a [`RequestError::Cancelled`]
     /// event), its KV is released along its path and its slot goes to the next
     /// request. Returns whether `seq` was live.
-    pub fn cancel(&mut self, seq: SeqId, now_us: u64, out: &mut Vec<Command>) -> bool {
-        let _ = now_us;
+    pub fn cancel(&mut self, seq: SeqId, _now_us: u64, out: &mut Vec<Command>) -> bool {
         let Some(state) = self.state(seq) else {
             return false;
         };

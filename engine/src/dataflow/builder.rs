@@ -99,10 +99,7 @@ impl Default for EngineOptions {
 
 impl EngineOptions {
     fn check(&self) -> Result<(), EngineError> {
-        self.scheduler.validate().map_err(|e| EngineError::Option {
-            field: e.field.into(),
-            message: e.message,
-        })
+        Ok(self.scheduler.validate()?)
     }
 }
 
@@ -258,11 +255,7 @@ impl InferenceDataflow {
                 let tokenizer = self.model.tokenizer.clone();
                 move |tokens: &[u32]| tokenizer.decode(tokens).ok()
             })),
-        )
-        .map_err(|e| EngineError::Option {
-            field: e.field.into(),
-            message: e.message,
-        })?;
+        )?;
         let loader = Arc::new(KernelLoader {
             model: Arc::clone(&self.model),
             stage_layers: placement.stage_layers.clone(),

@@ -80,3 +80,12 @@ pub enum EngineError {
         message: String,
     },
 }
+
+impl From<tokenflow_core::ConfigError> for EngineError {
+    fn from(e: tokenflow_core::ConfigError) -> Self {
+        EngineError::Option {
+            field: e.field.into(),
+            message: e.message,
+        }
+    }
+}
