@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         });
         if worker.index() == 0 {
             for (i, p) in prompts.iter().enumerate() {
-                input.send(Submission::now(Request::greedy(i as u64, p.clone(), 12)));
+                input.send(Submission::now(Request::greedy(i as u64, p.clone(), 12)).into());
             }
         }
         drop(input);

@@ -20,6 +20,8 @@ enum Command {
     Plan(cli::plan::PlanArgs),
     /// Run prompts through the dataflow engine on an emulated cluster or a timely cluster.
     Run(cli::run::RunArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming, /metrics).
+    Serve(cli::serve::ServeArgs),
     /// Load-test the dataflow engine: latency percentiles, `.hgrm` files and a plot.
     Bench(cli::bench::BenchArgs),
     /// A supervised timely cluster of processes that survives process crashes.
@@ -36,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Profile(args) => cli::profile::run(args),
         Command::Plan(args) => cli::plan::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Cluster(args) => cli::cluster::run(args),

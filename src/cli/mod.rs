@@ -12,4 +12,5 @@ pub mod profile;
 pub mod recovery;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod simulate;

@@ -383,6 +383,15 @@ impl Sequencer {
         self.seqs.len() - self.waiting.len()
     }
 
+    /// Stages none of whose replicas is believed up (0: every stage can
+    /// serve, the deployment is healthy).
+    pub fn stages_without_live_replica(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|nodes| nodes.iter().all(|&n| self.detector.is_down(n)))
+            .count()
+    }
+
     /// Whether `node` is believed down.
     pub fn node_down(&self, node: u32) -> bool {
         self.detector.is_down(node)

@@ -22,7 +22,7 @@
 //!         // Any operator can follow: here, print each event.
 //!         streams.events.inspect(|e| println!("{e:?}"));
 //!     });
-//!     input.send(Submission::now(Request::greedy(1, vec![1, 2, 3], 8)));
+//!     input.send(Submission::now(Request::greedy(1, vec![1, 2, 3], 8)).into());
 //! })
 //! .unwrap();
 //! ```
@@ -54,7 +54,7 @@ use super::metrics::EngineMetrics;
 use super::placement::stage_weight_bytes;
 use super::placement::{Placement, PlacementOptions};
 use super::sampler_op::sampler_operator;
-use super::sequencer::{EngineEvent, Submission, sequencer_operator};
+use super::sequencer::{ClientMsg, EngineEvent, sequencer_operator};
 use super::stage_op::{StageContext, StageRole, stage_operator};
 
 /// Scheduling and emulation options of the engine.
@@ -205,12 +205,13 @@ impl InferenceDataflow {
         )
     }
 
-    /// Builds the loop in `requests`' scope: sequencer → embed → block stages →
+    /// Builds the loop in `requests`' scope (submissions and cancellations, see
+    /// [`ClientMsg`]): sequencer → embed → block stages →
     /// head → sampler → back to the sequencer. This worker loads the weights of
     /// the stage replicas the placement puts on it, and nothing else.
     pub fn build<'s>(
         &self,
-        requests: StreamVec<'s, u64, Submission>,
+        requests: StreamVec<'s, u64, ClientMsg>,
     ) -> Result<EngineStreams<'s>, EngineError> {
         let scope = requests.scope();
         let worker = scope.index();

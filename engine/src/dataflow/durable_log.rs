@@ -176,6 +176,19 @@ impl DurableLogWriter {
     }
 }
 
+impl DurableLogWriter {
+    /// Forces everything appended so far to disk (at the end of a run, or
+    /// before a server exits).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(|source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
 /// What a log says about each request.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoggedRun {

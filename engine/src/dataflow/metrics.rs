@@ -80,6 +80,18 @@ pub struct EngineMetrics {
     pub replans: u64,
     /// First submission to last token, in µs (0 when nothing ran).
     pub span_us: u64,
+    /// Requests the client cancelled.
+    #[serde(default)]
+    pub cancelled: u64,
+    /// Requests waiting for admission, as last seen (a gauge).
+    #[serde(default)]
+    pub queued: u64,
+    /// Sequences admitted and not yet ended, as last seen (a gauge).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Stages with no replica believed up, as last seen (a gauge; 0 is healthy).
+    #[serde(default)]
+    pub stages_down: u64,
 }
 
 impl EngineMetrics {
@@ -94,6 +106,15 @@ impl EngineMetrics {
         self.failures_detected = c.failures_detected;
         self.replans = c.replans;
         self.span_us = c.span_us;
+        self.cancelled = c.cancelled;
+    }
+
+    /// Sets the sequencer's gauges: requests waiting, sequences in flight,
+    /// stages without a live replica.
+    pub fn set_gauges(&mut self, queued: usize, in_flight: usize, stages_down: usize) {
+        self.queued = queued as u64;
+        self.in_flight = in_flight as u64;
+        self.stages_down = stages_down as u64;
     }
 
     /// Records a request latency in µs.
@@ -133,6 +154,10 @@ impl EngineMetrics {
         self.failures_detected += other.failures_detected;
         self.replans += other.replans;
         self.span_us = self.span_us.max(other.span_us);
+        self.cancelled += other.cancelled;
+        self.queued += other.queued;
+        self.in_flight += other.in_flight;
+        self.stages_down += other.stages_down;
     }
 
     /// The request latencies as a report (TTFT, inter-token, end-to-end, queue).

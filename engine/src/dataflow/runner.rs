@@ -22,7 +22,8 @@ use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
 use super::mesh::{Fingerprint, connect_mesh, model_fingerprint_bytes};
 use super::metrics::EngineMetrics;
-use super::sequencer::{EngineEvent, RequestTiming, Submission};
+use super::live::{LiveIntake, MetricsBoard};
+use super::sequencer::{ClientMsg, EngineEvent, RequestTiming, Submission};
 use crate::request::{FinishReason, Request, TokenLog};
 
 /// Where the workers run.
@@ -201,6 +202,32 @@ pub fn run(
     spec: RunSpec,
     observer: Option<EventObserver>,
 ) -> Result<Option<RunOutcome>, EngineError> {
+    run_with(spec, None, observer, None)
+}
+
+/// Runs `spec` as a service: its `requests` (e.g. those resumed from a token
+/// log) are submitted at the start, then whatever comes through `intake`, at
+/// any time, until every [`super::live::LiveClient`] is dropped and everything
+/// accepted has ended. `spec.arrivals` is not used. Every worker of this
+/// process posts its measurements on `board` about every 250 ms.
+pub fn run_live(
+    spec: RunSpec,
+    intake: LiveIntake,
+    observer: Option<EventObserver>,
+    board: Option<Arc<MetricsBoard>>,
+) -> Result<Option<RunOutcome>, EngineError> {
+    run_with(spec, Some(intake), observer, board)
+}
+
+/// How often a worker posts its measurements on the board.
+const POST_EVERY: Duration = Duration::from_millis(250);
+
+fn run_with(
+    spec: RunSpec,
+    intake: Option<LiveIntake>,
+    observer: Option<EventObserver>,
+    board: Option<Arc<MetricsBoard>>,
+) -> Result<Option<RunOutcome>, EngineError> {
     let model = Arc::new(
         LlamaModel::open(&spec.model_path)
             .map_err(|source| EngineError::Model {
@@ -219,10 +246,13 @@ pub fn run(
     )?);
     let placement_table = engine.placement().describe();
     let config = spec.communication.config()?;
-    let requests = Arc::new(spec.requests);
-    let arrivals = Arc::new(spec.arrivals);
+    let source = Arc::new(Source {
+        requests: spec.requests,
+        arrivals: spec.arrivals,
+        intake,
+    });
     let work = move |worker: &mut timely::worker::Worker| {
-        drive_worker(worker, &engine, &requests, &arrivals, observer.as_ref())
+        drive_worker(worker, &engine, &source, observer.as_ref(), board.as_deref())
     };
     let guards = match &spec.communication {
         Communication::Cluster {
@@ -282,15 +312,37 @@ type WorkerResult = (
     Duration,
 );
 
+/// Where worker 0's requests come from: a fixed list on a schedule, and in a
+/// live run the client channel after it.
+struct Source {
+    requests: Vec<Request>,
+    arrivals: Arrivals,
+    intake: Option<LiveIntake>,
+}
+
 fn drive_worker(
     worker: &mut timely::worker::Worker,
     engine: &InferenceDataflow,
-    requests: &[Request],
-    arrivals: &Arrivals,
+    source: &Source,
     observer: Option<&EventObserver>,
+    board: Option<&MetricsBoard>,
 ) -> Result<Option<WorkerResult>, EngineError> {
     let index = worker.index();
-    let mut input = InputHandle::new();
+    let (requests, arrivals) = match &source.intake {
+        // A live run submits its list at once, then listens.
+        Some(_) => (&source.requests[..], &Arrivals::Immediate),
+        None => (&source.requests[..], &source.arrivals),
+    };
+    let mut posted: Option<Instant> = None;
+    let mut post = |metrics: &RefCell<EngineMetrics>, force: bool| {
+        if let Some(board) = board
+            && (force || posted.is_none_or(|t| t.elapsed() >= POST_EVERY))
+        {
+            board.post(index, &metrics.borrow());
+            posted = Some(Instant::now());
+        }
+    };
+    let mut input: ClientInput = InputHandle::new();
     let probe = ProbeHandle::new();
     let seen: Rc<RefCell<Vec<EngineEvent>>> = Rc::new(RefCell::new(Vec::new()));
     let sink = Rc::clone(&seen);
@@ -334,12 +386,17 @@ fn drive_worker(
     };
     let mut input = Some(input);
     if index == 0 {
+        if let Some(intake) = &source.intake {
+            intake.register_current_thread();
+        }
         let total = requests.len();
         let mut next = 0usize;
         let mut done = 0usize;
         let mut epoch = 0u64;
+        let mut listening = source.intake.is_some();
         loop {
             done += drain_events(&seen, observer, &mut finished, &mut refused, log.as_mut())?;
+            post(&metrics, false);
             let elapsed = start.elapsed().as_micros() as u64;
             let mut wait = Duration::from_millis(20);
             if let Some(handle) = input.as_mut() {
@@ -358,25 +415,40 @@ fn drive_worker(
                     }
                     Arrivals::ClosedLoop { concurrency } => (done + concurrency).min(total),
                 };
+                let mut sent = false;
                 if due > next {
                     for r in &requests[next..due] {
-                        if let Some(log) = log.as_mut()
-                            && !log.resumed.contains_key(&r.id)
-                        {
-                            log.writer.append(&LogRecord::Submit(r.clone()))?;
-                        }
-                        handle.send(Submission {
-                            request: r.clone(),
-                            submitted_us: now_us(),
-                        });
+                        submit(handle, log.as_mut(), r.clone())?;
                     }
                     next = due;
+                    sent = true;
+                }
+                if let Some(intake) = source.intake.as_ref().filter(|_| listening) {
+                    let drained = intake.drain();
+                    for msg in drained.messages {
+                        match msg {
+                            ClientMsg::Submit(sub) => {
+                                if let Some(log) = log.as_mut()
+                                    && !log.resumed.contains_key(&sub.request.id)
+                                {
+                                    log.writer.append(&LogRecord::Submit(sub.request.clone()))?;
+                                }
+                                handle.send(ClientMsg::Submit(sub));
+                            }
+                            cancel @ ClientMsg::Cancel(_) => handle.send(cancel),
+                        }
+                        sent = true;
+                    }
+                    listening = !drained.closed;
+                }
+                if sent {
                     epoch += 1;
                     handle.advance_to(epoch);
                 }
-                if next >= total && matches!(arrivals, Arrivals::Immediate | Arrivals::At(_))
-                    || done >= total
-                {
+                let list_done = next >= total
+                    && matches!(arrivals, Arrivals::Immediate | Arrivals::At(_))
+                    || done >= total;
+                if list_done && !listening {
                     input = None;
                 }
             }
@@ -386,12 +458,17 @@ fn drive_worker(
             }
             worker.step_or_park(Some(wait));
         }
+        if let Some(log) = log.as_mut() {
+            log.writer.sync()?;
+        }
     } else {
         input = None;
         while !probe.done() {
+            post(&metrics, false);
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
     }
+    post(&metrics, true);
     drop(input);
     let wall = start.elapsed();
     let json = serde_json::to_string(&*metrics.borrow())
@@ -409,6 +486,27 @@ fn drive_worker(
         merged.merge(&part);
     }
     Ok(Some((finished, refused, merged, wall)))
+}
+
+/// Worker 0's input of client messages.
+type ClientInput = InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<ClientMsg>>>;
+
+/// Logs `request`'s submission (unless it is being resumed) and sends it in.
+fn submit(
+    handle: &mut ClientInput,
+    log: Option<&mut DurableLog>,
+    request: Request,
+) -> Result<(), EngineError> {
+    if let Some(log) = log
+        && !log.resumed.contains_key(&request.id)
+    {
+        log.writer.append(&LogRecord::Submit(request.clone()))?;
+    }
+    handle.send(ClientMsg::Submit(Submission {
+        request,
+        submitted_us: now_us(),
+    }));
+    Ok(())
 }
 
 /// The durable log of worker 0, and where resumed requests' tokens continue.

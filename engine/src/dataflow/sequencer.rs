@@ -19,6 +19,23 @@ use super::message::{CLIENT, Control, ControlMsg, LoopMsg, Payload, StepMsg};
 use super::metrics::{EngineMetrics, names};
 
 pub use tokenflow_core::{RequestTiming, Submission};
+use tokenflow_core::SeqId;
+
+/// What a client sends into the running dataflow: a new request, or the
+/// withdrawal of one it submitted (a closed connection, a deadline).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ClientMsg {
+    /// Start this request.
+    Submit(Submission),
+    /// End this sequence now and free its KV on every stage.
+    Cancel(SeqId),
+}
+
+impl From<Submission> for ClientMsg {
+    fn from(submission: Submission) -> Self {
+        ClientMsg::Submit(submission)
+    }
+}
 
 /// What the engine tells its client, on worker 0: the core's events.
 pub type EngineEvent = tokenflow_core::SequencerEvent;
@@ -141,9 +158,9 @@ fn hold(held: &mut Option<Capability<u64>>, cap: Capability<u64>) {
     }
 }
 
-/// Adds the sequencer: new requests and the loop's feedback in, steps and events out.
+/// Adds the sequencer: clients' requests and cancellations and the loop's feedback in, steps and events out.
 pub fn sequencer_operator<'s>(
-    requests: StreamVec<'s, u64, Submission>,
+    requests: StreamVec<'s, u64, ClientMsg>,
     feedback: StreamVec<'s, u64, LoopMsg>,
     sequencer: Sequencer,
     stages: usize,
@@ -153,7 +170,7 @@ pub fn sequencer_operator<'s>(
     let heartbeat = sequencer.config().heartbeat;
     requests.binary(
         feedback,
-        Exchange::new(|_: &Submission| 0u64),
+        Exchange::new(|_: &ClientMsg| 0u64),
         Exchange::new(|_: &LoopMsg| 0u64),
         "Sequencer",
         move |_cap, info| {
@@ -169,8 +186,13 @@ pub fn sequencer_operator<'s>(
                         return;
                     };
                     hold(&mut held, cap);
-                    for sub in data.drain(..) {
-                        sequencer.submit(sub, now_us(), &mut commands);
+                    for msg in data.drain(..) {
+                        match msg {
+                            ClientMsg::Submit(sub) => sequencer.submit(sub, now_us(), &mut commands),
+                            ClientMsg::Cancel(seq) => {
+                                sequencer.cancel(seq, now_us(), &mut commands);
+                            }
+                        }
                     }
                 });
                 feedback.for_each(|cap, data| {
@@ -195,7 +217,15 @@ pub fn sequencer_operator<'s>(
                         }
                     }
                 }
-                metrics.borrow_mut().absorb_sequencer(&sequencer.counters());
+                {
+                    let mut m = metrics.borrow_mut();
+                    m.absorb_sequencer(&sequencer.counters());
+                    m.set_gauges(
+                        sequencer.queued(),
+                        sequencer.in_flight(),
+                        sequencer.stages_without_live_replica(),
+                    );
+                }
                 if sequencer.busy() {
                     activator.activate_after(heartbeat.max(std::time::Duration::from_millis(1)));
                 } else {

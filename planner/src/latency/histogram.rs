@@ -89,6 +89,12 @@ impl LatencyHistogram {
         self.hist.len()
     }
 
+    /// Samples at or below `us` microseconds, within the histogram's precision
+    /// (what a Prometheus bucket `le` counts).
+    pub fn count_at_or_below(&self, us: u64) -> u64 {
+        self.hist.count_between(0, us.min(HIGHEST_US))
+    }
+
     /// True when no sample has been recorded.
     pub fn is_empty(&self) -> bool {
         self.hist.is_empty()
