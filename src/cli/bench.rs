@@ -13,6 +13,9 @@ use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 
 use super::engine_args::{EngineArgs, warn_unreached_failures};
+use super::generate::resolve_model;
+use super::remote;
+use tokenflow_operators::LlamaModel;
 use super::output_paths::check_output_dir;
 
 /// Most bytes of generated requests `bench` holds (prompts are made up front).
@@ -104,8 +107,67 @@ pub struct BenchArgs {
     pub label: String,
     /// Also simulate the same cluster, plan and requests, and compare the
     /// simulator's TTFT and inter-token percentiles with the engine's (needs `--arrival poisson`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "url")]
     pub compare_sim: bool,
+    /// Drive this OpenAI-compatible server instead of an engine of our own
+    /// (`http://HOST:PORT`: `tokenflow serve`, llama.cpp's `llama-server`, vLLM):
+    /// streamed `/v1/completions` of the same token prompts, timed on the client.
+    /// The model file gives only the vocabulary the prompts are drawn from.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// With `--url`: the model to ask for (default: the first of its `/v1/models`).
+    #[arg(long, requires = "url")]
+    pub model_name: Option<String>,
+    /// With `--url`: sent as `Authorization: Bearer KEY`.
+    #[arg(long, requires = "url")]
+    pub api_key: Option<String>,
+}
+
+/// The bench's requests (greedy, prompts of ordinary tokens drawn from
+/// `model`'s vocabulary) and when they arrive.
+pub fn make_requests(args: &BenchArgs, model: &LlamaModel) -> anyhow::Result<(Vec<Request>, Arrivals)> {
+    let tok = &model.tokenizer;
+    let vocab = tok.vocab_size() as u32;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let ordinary: Vec<u32> = (0..vocab).filter(|&t| !tok.is_special(t)).collect();
+    if ordinary.is_empty() {
+        bail!("the vocabulary has no ordinary token");
+    }
+    let context = model.config.context_length;
+    if args.prompt_len.max() + args.output_len.max() > context {
+        bail!(
+            "--prompt-len up to {} plus --output-len up to {} tokens exceed the model's context of {context}",
+            args.prompt_len.max(),
+            args.output_len.max()
+        );
+    }
+    let mut requests = Vec::new();
+    for i in 0..args.requests {
+        let p = args.prompt_len.sample(&mut rng);
+        let o = args.output_len.sample(&mut rng);
+        let prompt = (0..p)
+            .map(|_| ordinary[rng.random_range(0..ordinary.len())])
+            .collect();
+        requests.push(Request::greedy(i as u64, prompt, o));
+    }
+    let arrivals = match args.arrival.as_str() {
+        "closed" => Arrivals::ClosedLoop {
+            concurrency: args.concurrency,
+        },
+        "poisson" => {
+            let mut t = 0.0f64;
+            let offsets = (0..args.requests)
+                .map(|_| {
+                    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                    t += -u.ln() / args.rate;
+                    (t * 1e6) as u64
+                })
+                .collect();
+            Arrivals::At(offsets)
+        }
+        other => bail!("--arrival `{other}`: expected poisson or closed"),
+    };
+    Ok((requests, arrivals))
 }
 
 /// Runs `tokenflow bench`.
@@ -140,48 +202,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--compare-sim needs --arrival poisson (the simulator replays arrival times)");
     }
     check_output_dir("--out", &args.out)?;
+    if let Some(url) = &args.url {
+        let path = resolve_model(&args.engine.model)?;
+        let model = LlamaModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (requests, arrivals) = make_requests(&args, &model)?;
+        return remote::bench(&args, url, &requests, &arrivals);
+    }
     let setup = args.engine.resolve()?;
-    let tok = &setup.model.tokenizer;
-    let vocab = tok.vocab_size() as u32;
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let ordinary: Vec<u32> = (0..vocab).filter(|&t| !tok.is_special(t)).collect();
-    if ordinary.is_empty() {
-        bail!("the vocabulary has no ordinary token");
-    }
-    let context = setup.model.config.context_length;
-    if args.prompt_len.max() + args.output_len.max() > context {
-        bail!(
-            "--prompt-len up to {} plus --output-len up to {} tokens exceed the model's context of {context}",
-            args.prompt_len.max(),
-            args.output_len.max()
-        );
-    }
-    let mut requests = Vec::new();
-    for i in 0..args.requests {
-        let p = args.prompt_len.sample(&mut rng);
-        let o = args.output_len.sample(&mut rng);
-        let prompt = (0..p)
-            .map(|_| ordinary[rng.random_range(0..ordinary.len())])
-            .collect();
-        requests.push(Request::greedy(i as u64, prompt, o));
-    }
-    let arrivals = match args.arrival.as_str() {
-        "closed" => Arrivals::ClosedLoop {
-            concurrency: args.concurrency,
-        },
-        "poisson" => {
-            let mut t = 0.0f64;
-            let offsets = (0..args.requests)
-                .map(|_| {
-                    let u: f64 = rng.random_range(f64::EPSILON..1.0);
-                    t += -u.ln() / args.rate;
-                    (t * 1e6) as u64
-                })
-                .collect();
-            Arrivals::At(offsets)
-        }
-        other => bail!("--arrival `{other}`: expected poisson or closed"),
-    };
+    let (requests, arrivals) = make_requests(&args, &setup.model)?;
     let bar = ProgressBar::new(args.requests as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests, {msg} [{elapsed}]")

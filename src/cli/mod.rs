@@ -10,6 +10,7 @@ pub mod output_paths;
 pub mod plan;
 pub mod profile;
 pub mod recovery;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod serve;
