@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokenflow_engine::Request;
-use tokenflow_engine::dataflow::{EngineEvent, EngineOptions, InferenceDataflow, Submission};
+use tokenflow_engine::dataflow::{
+    ClientMsg, EngineEvent, EngineOptions, InferenceDataflow, Submission,
+};
 use tokenflow_engine::timely;
 use tokenflow_engine::timely::dataflow::channels::pact::Pipeline;
 use tokenflow_engine::timely::dataflow::operators::generic::Operator;
@@ -111,7 +113,11 @@ fn main() -> anyhow::Result<()> {
         });
         if worker.index() == 0 {
             for (i, p) in prompts.iter().enumerate() {
-                input.send(Submission::now(Request::greedy(i as u64, p.clone(), 12)).into());
+                input.send(ClientMsg::from(Submission::now(Request::greedy(
+                    i as u64,
+                    p.clone(),
+                    12,
+                ))));
             }
         }
         drop(input);

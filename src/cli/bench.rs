@@ -14,9 +14,9 @@ use tokenflow_engine::dataflow::{Arrivals, EngineEvent, run as run_engine};
 
 use super::engine_args::{EngineArgs, warn_unreached_failures};
 use super::generate::resolve_model;
+use super::output_paths::check_output_dir;
 use super::remote;
 use tokenflow_operators::LlamaModel;
-use super::output_paths::check_output_dir;
 
 /// Most bytes of generated requests `bench` holds (prompts are made up front).
 const MAX_REQUEST_BYTES: u64 = 4_000_000_000;
@@ -125,7 +125,10 @@ pub struct BenchArgs {
 
 /// The bench's requests (greedy, prompts of ordinary tokens drawn from
 /// `model`'s vocabulary) and when they arrive.
-pub fn make_requests(args: &BenchArgs, model: &LlamaModel) -> anyhow::Result<(Vec<Request>, Arrivals)> {
+pub fn make_requests(
+    args: &BenchArgs,
+    model: &LlamaModel,
+) -> anyhow::Result<(Vec<Request>, Arrivals)> {
     let tok = &model.tokenizer;
     let vocab = tok.vocab_size() as u32;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
@@ -204,7 +207,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     check_output_dir("--out", &args.out)?;
     if let Some(url) = &args.url {
         let path = resolve_model(&args.engine.model)?;
-        let model = LlamaModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let model =
+            LlamaModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let (requests, arrivals) = make_requests(&args, &model)?;
         return remote::bench(&args, url, &requests, &arrivals);
     }

@@ -78,6 +78,13 @@ pub struct EngineArgs {
     /// Longest prefill chunk.
     #[arg(long, default_value_t = 256, value_parser = positive_usize)]
     pub max_prefill_chunk: usize,
+    /// Most sequences in one batch of a node.
+    #[arg(long, default_value_t = 64, value_parser = positive_usize)]
+    pub max_batch_sequences: usize,
+    /// Most sequences running at once (default: only KV memory limits);
+    /// the rest wait in order.
+    #[arg(long, value_parser = positive_usize)]
+    pub max_running: Option<usize>,
     /// Share of each GPU's memory for weights and KV, in (0, 1] (default 0.9: what
     /// the planner counts as usable after its 10% reserve).
     #[arg(long, value_parser = unit_fraction, allow_negative_numbers = true)]
@@ -333,6 +340,8 @@ impl EngineArgs {
             scheduler: SchedulerConfig {
                 token_budget: self.token_budget,
                 max_prefill_chunk: self.max_prefill_chunk,
+                max_batch_sequences: self.max_batch_sequences,
+                max_running: self.max_running,
                 router: RouterChoice::parse(&self.router)?,
                 heartbeat,
                 suspect_after,

@@ -97,7 +97,9 @@ pub fn bench(
         finished,
         refused: Vec::new(),
         metrics,
-        placement: format!("remote endpoint {url}, model `{model}` (latency measured by the client)\n"),
+        placement: format!(
+            "remote endpoint {url}, model `{model}` (latency measured by the client)\n"
+        ),
         wall: outcome.wall,
     };
     print_summary(&result);

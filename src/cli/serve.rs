@@ -101,7 +101,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let outcome = serve(spec, listener, |addr| {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "tokenflow serve: listening on http://{addr} (model `{model_name}`)");
+        let _ = writeln!(
+            out,
+            "tokenflow serve: listening on http://{addr} (model `{model_name}`)"
+        );
         let auth = match &args.api_key {
             Some(_) => " -H 'Authorization: Bearer $KEY'",
             None => "",

@@ -49,7 +49,9 @@ pub enum ApiError {
     #[error("missing or incorrect API key (send `Authorization: Bearer <key>`)")]
     Unauthorized,
     /// The queue of accepted requests is full.
-    #[error("{pending} requests are already waiting or running (the limit is {limit}); retry later")]
+    #[error(
+        "{pending} requests are already waiting or running (the limit is {limit}); retry later"
+    )]
     Overloaded {
         /// Requests accepted and not ended.
         pending: usize,
@@ -74,9 +76,9 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadJson { .. } | ApiError::BadParam { .. } | ApiError::ContextLength { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadJson { .. }
+            | ApiError::BadParam { .. }
+            | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnknownModel { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -106,9 +108,11 @@ impl ApiError {
                 Some("messages"),
                 Some("context_length_exceeded"),
             ),
-            ApiError::UnknownModel { .. } => {
-                ("invalid_request_error", Some("model"), Some("model_not_found"))
-            }
+            ApiError::UnknownModel { .. } => (
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
+            ),
             ApiError::Unauthorized => ("authentication_error", None, Some("invalid_api_key")),
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::ShuttingDown => ("server_error", None, Some("shutting_down")),

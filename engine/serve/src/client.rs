@@ -137,7 +137,10 @@ impl OpenAiClient {
         }
     }
 
-    async fn check(url: &str, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    async fn check(
+        url: &str,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, ClientError> {
         if response.status().is_success() {
             return Ok(response);
         }
@@ -200,10 +203,16 @@ impl OpenAiClient {
                     .map_err(|e| ClientError::Protocol(format!("{e}: {data}")))?;
                 if let Some(err) = v.get("error") {
                     return Err(ClientError::Stream(
-                        err.get("message").and_then(Value::as_str).unwrap_or("?").to_string(),
+                        err.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_string(),
                     ));
                 }
-                if let Some(n) = v.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
+                if let Some(n) = v
+                    .pointer("/usage/completion_tokens")
+                    .and_then(Value::as_u64)
+                {
                     usage_tokens = Some(n as usize);
                 }
                 let Some(choice) = v.pointer("/choices/0") else {
@@ -217,7 +226,11 @@ impl OpenAiClient {
                 let ids: Vec<u32> = choice
                     .get("token_ids")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|t| t.as_u64().map(|t| t as u32))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                     answer.finish_reason = Some(reason.to_string());
@@ -236,7 +249,9 @@ impl OpenAiClient {
                 answer.token_ids.extend(ids);
             }
         }
-        Err(ClientError::Protocol("the stream ended without [DONE]".into()))
+        Err(ClientError::Protocol(
+            "the stream ended without [DONE]".into(),
+        ))
     }
 }
 
@@ -333,7 +348,10 @@ mod tests {
     #[test]
     fn events_are_cut_at_blank_lines_whatever_the_line_ends() {
         let mut b = b"data: {\"a\":1}\n\ndata: [DONE]\r\n\r\ndata: par".to_vec();
-        assert_eq!(take_events(&mut b), vec!["{\"a\":1}".to_string(), "[DONE]".to_string()]);
+        assert_eq!(
+            take_events(&mut b),
+            vec!["{\"a\":1}".to_string(), "[DONE]".to_string()]
+        );
         assert_eq!(b, b"data: par");
         b.extend_from_slice(b"tial\n\n: comment\n\n");
         assert_eq!(take_events(&mut b), vec!["partial".to_string()]);
@@ -344,6 +362,9 @@ mod tests {
     fn a_url_must_be_http() {
         assert!(OpenAiClient::new("ftp://x", None).is_err());
         assert!(OpenAiClient::new("http://", None).is_err());
-        assert_eq!(OpenAiClient::new("http://h:1/v1/", None).unwrap().base, "http://h:1");
+        assert_eq!(
+            OpenAiClient::new("http://h:1/v1/", None).unwrap().base,
+            "http://h:1"
+        );
     }
 }

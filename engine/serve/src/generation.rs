@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use tokenflow_engine::dataflow::EngineEvent;
 use tokenflow_engine::FinishReason;
+use tokenflow_engine::dataflow::EngineEvent;
 use tokenflow_operators::tokenizer::TokenTextStream;
 
 use crate::api_error::ApiError;

@@ -89,7 +89,12 @@ struct Prepared {
 }
 
 /// Checks what chat and completions share, and builds the engine's request.
-fn prepare(state: &AppState, params: &CommonParams, prompt: Vec<u32>, kind: Kind) -> Result<Prepared, ApiError> {
+fn prepare(
+    state: &AppState,
+    params: &CommonParams,
+    prompt: Vec<u32>,
+    kind: Kind,
+) -> Result<Prepared, ApiError> {
     if params.model != state.config.model_name {
         return Err(ApiError::UnknownModel {
             asked: params.model.clone(),
@@ -102,7 +107,14 @@ fn prepare(state: &AppState, params: &CommonParams, prompt: Vec<u32>, kind: Kind
         return Err(bad("n", format!("only n = 1 is served (got {n})")));
     }
     if prompt.is_empty() {
-        return Err(bad(if kind == Kind::Chat { "messages" } else { "prompt" }, "the prompt is empty"));
+        return Err(bad(
+            if kind == Kind::Chat {
+                "messages"
+            } else {
+                "prompt"
+            },
+            "the prompt is empty",
+        ));
     }
     let context = state.model.context_length;
     let asked = params.max_completion_tokens.or(params.max_tokens);
@@ -134,8 +146,17 @@ fn prepare(state: &AppState, params: &CommonParams, prompt: Vec<u32>, kind: Kind
         1.0,
         seed,
     )
-    .map_err(|e| bad(e.field.field(), format!("{} must be {}", e.value, e.requirement)))?;
-    let stops = params.stop.as_ref().map(|s| s.strings()).unwrap_or_default();
+    .map_err(|e| {
+        bad(
+            e.field.field(),
+            format!("{} must be {}", e.value, e.requirement),
+        )
+    })?;
+    let stops = params
+        .stop
+        .as_ref()
+        .map(|s| s.strings())
+        .unwrap_or_default();
     if stops.len() > 4 {
         return Err(bad("stop", "at most 4 stop strings"));
     }
@@ -155,7 +176,10 @@ fn prepare(state: &AppState, params: &CommonParams, prompt: Vec<u32>, kind: Kind
         },
         stops,
         stream: params.stream,
-        include_usage: params.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        include_usage: params
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
         token_ids: params.return_token_ids,
         kind,
     })
@@ -187,7 +211,9 @@ fn chat_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Vec<
                         (kind, _) => {
                             return Err(bad(
                                 &format!("messages[{i}].content"),
-                                format!("content parts of type `{kind}` are not served (text only)"),
+                                format!(
+                                    "content parts of type `{kind}` are not served (text only)"
+                                ),
                             ));
                         }
                     }
@@ -219,14 +245,21 @@ fn completion_prompt(state: &AppState, request: &CompletionRequest) -> Result<Ve
         PromptField::Tokens(ids) => {
             let vocab = state.model.tokenizer.vocab_size();
             match ids.iter().find(|&&t| t as usize >= vocab) {
-                Some(t) => Err(bad("prompt", format!("token {t} is outside the vocabulary of {vocab}"))),
+                Some(t) => Err(bad(
+                    "prompt",
+                    format!("token {t} is outside the vocabulary of {vocab}"),
+                )),
                 None => Ok(ids.clone()),
             }
         }
     }
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let prepared = authorize(&state, &headers)
         .and_then(|()| parse::<ChatCompletionRequest>(&body))
         .and_then(|r| {
@@ -236,7 +269,11 @@ async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap
     answer(state, prepared).await
 }
 
-async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let prepared = authorize(&state, &headers)
         .and_then(|()| parse::<CompletionRequest>(&body))
         .and_then(|r| {
@@ -280,8 +317,16 @@ async fn answer(state: Arc<AppState>, prepared: Result<Prepared, ApiError>) -> R
             Some(Err(e)) => return e.into_response(),
             None => return ApiError::Internal("no answer".into()).into_response(),
         };
-        let events = stream_events(generation, shape, prompt_tokens, prepared.include_usage, first);
-        return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+        let events = stream_events(
+            generation,
+            shape,
+            prompt_tokens,
+            prepared.include_usage,
+            first,
+        );
+        return Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response();
     }
     let mut text = String::new();
     let mut ids = Vec::new();
@@ -325,7 +370,13 @@ struct Shape {
 
 impl Shape {
     /// One choice of a streamed chunk.
-    fn chunk_choice(&self, text: Option<&str>, ids: &[u32], finish: Option<&str>, first: bool) -> Value {
+    fn chunk_choice(
+        &self,
+        text: Option<&str>,
+        ids: &[u32],
+        finish: Option<&str>,
+        first: bool,
+    ) -> Value {
         let mut choice = match self.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -337,7 +388,9 @@ impl Shape {
                 }
                 json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
             }
-            Kind::Text => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            Kind::Text => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
         };
         if self.token_ids && !ids.is_empty() {
             choice["token_ids"] = json!(ids);
@@ -372,7 +425,9 @@ impl Shape {
                 "index": 0, "message": {"role": "assistant", "content": text},
                 "logprobs": null, "finish_reason": finish,
             }),
-            Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            Kind::Text => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
         };
         if self.token_ids {
             choice["token_ids"] = json!(ids);
@@ -417,18 +472,28 @@ fn stream_events(
         async move {
             let (piece, generation, first) = match step {
                 StreamStep::Over => return None,
-                StreamStep::Done => return Some((vec![Event::default().data("[DONE]")], StreamStep::Over)),
+                StreamStep::Done => {
+                    return Some((vec![Event::default().data("[DONE]")], StreamStep::Over));
+                }
                 StreamStep::Opening(g, p) => (Some(Ok(p)), g, true),
                 StreamStep::Running(mut g) => (g.next().await, g, false),
             };
             Some(match piece {
                 Some(Ok(Piece::Token { id, text })) => {
                     let choice = shape.chunk_choice(Some(&text), &[id], None, first);
-                    (vec![data(&shape.chunk(vec![choice], None))], StreamStep::Running(generation))
+                    (
+                        vec![data(&shape.chunk(vec![choice], None))],
+                        StreamStep::Running(generation),
+                    )
                 }
-                Some(Ok(Piece::End { text, reason, completion_tokens })) => {
+                Some(Ok(Piece::End {
+                    text,
+                    reason,
+                    completion_tokens,
+                })) => {
                     let text = (!text.is_empty()).then_some(text.as_str());
-                    let choice = shape.chunk_choice(text, &[], Some(finish_reason_name(reason)), first);
+                    let choice =
+                        shape.chunk_choice(text, &[], Some(finish_reason_name(reason)), first);
                     let mut events = vec![data(&shape.chunk(vec![choice], None))];
                     if include_usage {
                         let usage = Usage::new(prompt_tokens, completion_tokens);
@@ -473,14 +538,21 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "in_flight": m.in_flight,
         "queued": m.queued,
     });
-    let status = if state.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if state.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = prometheus::render(&state.board.snapshot(), &state.http_counters());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

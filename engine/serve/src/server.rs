@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tokenflow_operators::SeqId;
 use tokenflow_engine::dataflow::{
-    Communication, EngineError, EngineEvent, MetricsBoard, RunOutcome, RunSpec, live_channel, run_live,
+    Communication, EngineError, EngineEvent, MetricsBoard, RunOutcome, RunSpec, live_channel,
+    run_live,
 };
+use tokenflow_operators::SeqId;
 use tokio::sync::oneshot;
 
 use crate::routes::router;
@@ -108,7 +109,9 @@ pub fn serve(
                 deadline_state.cancel_all(&resumed);
             });
         };
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
     });
     state.release_engine();
     drop(state);
@@ -123,7 +126,10 @@ async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

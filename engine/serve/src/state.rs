@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokenflow_engine::dataflow::{EngineEvent, LiveClient, MetricsBoard, Submission};
 use tokenflow_engine::Request;
+use tokenflow_engine::dataflow::{EngineEvent, LiveClient, MetricsBoard, Submission};
 use tokenflow_operators::SeqId;
 use tokenflow_operators::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -189,7 +189,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.state.routes.remove(self.seq);
         if !self.ended {
-            self.state.counters.disconnected.fetch_add(1, Ordering::Relaxed);
+            self.state
+                .counters
+                .disconnected
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(client) = self.state.client() {
                 let _ = client.cancel(self.seq);
             }

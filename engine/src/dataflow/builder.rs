@@ -5,7 +5,7 @@
 //! use std::sync::Arc;
 //! use timely::dataflow::InputHandle;
 //! use timely::dataflow::operators::{Input, Inspect};
-//! use tokenflow_engine::dataflow::{EngineOptions, InferenceDataflow, Submission};
+//! use tokenflow_engine::dataflow::{ClientMsg, EngineOptions, InferenceDataflow, Submission};
 //! use tokenflow_engine::Request;
 //! # fn plan_and_cluster() -> (tokenflow_planner::Plan, tokenflow_planner::Cluster) { unimplemented!() }
 //!
@@ -22,7 +22,7 @@
 //!         // Any operator can follow: here, print each event.
 //!         streams.events.inspect(|e| println!("{e:?}"));
 //!     });
-//!     input.send(Submission::now(Request::greedy(1, vec![1, 2, 3], 8)).into());
+//!     input.send(ClientMsg::from(Submission::now(Request::greedy(1, vec![1, 2, 3], 8))));
 //! })
 //! .unwrap();
 //! ```

@@ -38,7 +38,12 @@ struct Waker {
 
 impl Waker {
     fn wake(&self) {
-        if let Some(thread) = self.worker.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(thread) = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             thread.unpark();
         }
     }
@@ -94,8 +99,11 @@ impl LiveIntake {
 
     /// Makes the calling thread the one a new message wakes.
     pub(crate) fn register_current_thread(&self) {
-        *self.waker.worker.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(std::thread::current());
+        *self
+            .waker
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(std::thread::current());
     }
 
     /// Takes every waiting message without blocking.
@@ -179,14 +187,22 @@ mod tests {
         assert!(matches!(first.messages[1], ClientMsg::Cancel(1)));
         assert!(!first.closed);
         drop(client);
-        assert_eq!(intake.drain(), Drained { messages: vec![], closed: true });
+        assert_eq!(
+            intake.drain(),
+            Drained {
+                messages: vec![],
+                closed: true
+            }
+        );
     }
 
     #[test]
     fn board_merges_each_worker_once() {
         let board = MetricsBoard::default();
-        let mut m = EngineMetrics::default();
-        m.tokens = 3;
+        let m = EngineMetrics {
+            tokens: 3,
+            ..EngineMetrics::default()
+        };
         board.post(0, &m);
         board.post(0, &m);
         board.post(2, &m);

@@ -20,9 +20,9 @@ use super::builder::{EngineOptions, InferenceDataflow};
 use super::clock::now_us;
 use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
+use super::live::{LiveIntake, MetricsBoard};
 use super::mesh::{Fingerprint, connect_mesh, model_fingerprint_bytes};
 use super::metrics::EngineMetrics;
-use super::live::{LiveIntake, MetricsBoard};
 use super::sequencer::{ClientMsg, EngineEvent, RequestTiming, Submission};
 use crate::request::{FinishReason, Request, TokenLog};
 
@@ -252,7 +252,13 @@ fn run_with(
         intake,
     });
     let work = move |worker: &mut timely::worker::Worker| {
-        drive_worker(worker, &engine, &source, observer.as_ref(), board.as_deref())
+        drive_worker(
+            worker,
+            &engine,
+            &source,
+            observer.as_ref(),
+            board.as_deref(),
+        )
     };
     let guards = match &spec.communication {
         Communication::Cluster {

@@ -18,8 +18,8 @@ use super::clock::now_us;
 use super::message::{CLIENT, Control, ControlMsg, LoopMsg, Payload, StepMsg};
 use super::metrics::{EngineMetrics, names};
 
-pub use tokenflow_core::{RequestTiming, Submission};
 use tokenflow_core::SeqId;
+pub use tokenflow_core::{RequestTiming, Submission};
 
 /// What a client sends into the running dataflow: a new request, or the
 /// withdrawal of one it submitted (a closed connection, a deadline).
@@ -188,7 +188,9 @@ pub fn sequencer_operator<'s>(
                     hold(&mut held, cap);
                     for msg in data.drain(..) {
                         match msg {
-                            ClientMsg::Submit(sub) => sequencer.submit(sub, now_us(), &mut commands),
+                            ClientMsg::Submit(sub) => {
+                                sequencer.submit(sub, now_us(), &mut commands)
+                            }
                             ClientMsg::Cancel(seq) => {
                                 sequencer.cancel(seq, now_us(), &mut commands);
                             }
