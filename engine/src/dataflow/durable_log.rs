@@ -166,11 +166,7 @@ impl DurableLogWriter {
         };
         self.file.write_all(&line).map_err(io)?;
         if matches!(record, LogRecord::End { .. }) || self.last_sync.elapsed() >= self.sync_every {
-            self.file.sync_data().map_err(|source| LogError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-            self.last_sync = Instant::now();
+            self.sync()?;
         }
         Ok(())
     }
