@@ -195,6 +195,19 @@ impl TextTokenizer {
         self.eos_id
     }
 
+    /// Tokens that end an answer: end of sequence and, where the vocabulary
+    /// has it as one token, ChatML's end of turn `<|im_end|>`.
+    pub fn end_tokens(&self) -> Vec<u32> {
+        let mut ends = vec![self.eos_id];
+        if let Ok(ids) = self.encode("<|im_end|>")
+            && let [id] = ids[..]
+            && id != self.eos_id
+        {
+            ends.push(id);
+        }
+        ends
+    }
+
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size

@@ -120,15 +120,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     let prompt = model.tokenizer.encode(&text)?;
-    let mut stop_tokens = Vec::new();
-    if !args.ignore_eos {
-        stop_tokens.push(model.tokenizer.eos_id());
-        if let Ok(ids) = model.tokenizer.encode("<|im_end|>")
-            && ids.len() == 1
-        {
-            stop_tokens.push(ids[0]);
-        }
-    }
+    let stop_tokens = if args.ignore_eos {
+        Vec::new()
+    } else {
+        model.tokenizer.end_tokens()
+    };
 
     let mut generator = DirectGenerator::new(pipeline, SchedulerConfig::default());
     generator.submit(Request {

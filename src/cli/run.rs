@@ -73,15 +73,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             text.clone()
         };
-        let mut stop_tokens = Vec::new();
-        if !args.ignore_eos {
-            stop_tokens.push(tok.eos_id());
-            if let Ok(ids) = tok.encode("<|im_end|>")
-                && ids.len() == 1
-            {
-                stop_tokens.push(ids[0]);
-            }
-        }
+        let stop_tokens = if args.ignore_eos {
+            Vec::new()
+        } else {
+            tok.end_tokens()
+        };
         requests.push(Request {
             id: i as u64,
             prompt: tok.encode(&text)?,

@@ -529,8 +529,9 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 /// stage a live replica), 503 otherwise.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let m = state.board.snapshot();
+    let ready = state.ready();
     let body = json!({
-        "ready": state.ready(),
+        "ready": ready,
         "workers_loaded": state.board.workers_posted(),
         "workers": state.local_workers,
         "stages_without_replica": m.stages_down,
@@ -538,7 +539,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "in_flight": m.in_flight,
         "queued": m.queued,
     });
-    let status = if state.ready() {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -55,19 +55,11 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// The tokenizer's end-of-sequence token and, where the vocabulary has it
-    /// as one token, ChatML's `<|im_end|>`.
+    /// The model's tokenizer and context; its end tokens stop answers.
     pub fn new(tokenizer: TextTokenizer, context_length: usize) -> Self {
-        let mut stop_tokens = vec![tokenizer.eos_id()];
-        if let Ok(ids) = tokenizer.encode("<|im_end|>")
-            && ids.len() == 1
-            && !stop_tokens.contains(&ids[0])
-        {
-            stop_tokens.push(ids[0]);
-        }
         Self {
+            stop_tokens: tokenizer.end_tokens(),
             tokenizer,
-            stop_tokens,
             context_length,
         }
     }

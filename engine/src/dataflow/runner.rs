@@ -17,7 +17,6 @@ use tokenflow_operators::{LlamaModel, SeqId};
 use tokenflow_planner::{Cluster, Plan};
 
 use super::builder::{EngineOptions, InferenceDataflow};
-use super::clock::now_us;
 use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
 use super::live::{LiveIntake, MetricsBoard};
@@ -424,7 +423,7 @@ fn drive_worker(
                 let mut sent = false;
                 if due > next {
                     for r in &requests[next..due] {
-                        submit(handle, log.as_mut(), r.clone())?;
+                        submit(handle, log.as_mut(), Submission::now(r.clone()))?;
                     }
                     next = due;
                     sent = true;
@@ -433,14 +432,7 @@ fn drive_worker(
                     let drained = intake.drain();
                     for msg in drained.messages {
                         match msg {
-                            ClientMsg::Submit(sub) => {
-                                if let Some(log) = log.as_mut()
-                                    && !log.resumed.contains_key(&sub.request.id)
-                                {
-                                    log.writer.append(&LogRecord::Submit(sub.request.clone()))?;
-                                }
-                                handle.send(ClientMsg::Submit(sub));
-                            }
+                            ClientMsg::Submit(sub) => submit(handle, log.as_mut(), sub)?,
                             cancel @ ClientMsg::Cancel(_) => handle.send(cancel),
                         }
                         sent = true;
@@ -497,21 +489,19 @@ fn drive_worker(
 /// Worker 0's input of client messages.
 type ClientInput = InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<ClientMsg>>>;
 
-/// Logs `request`'s submission (unless it is being resumed) and sends it in.
+/// Logs a submission (unless it is being resumed) and sends it in.
 fn submit(
     handle: &mut ClientInput,
     log: Option<&mut DurableLog>,
-    request: Request,
+    submission: Submission,
 ) -> Result<(), EngineError> {
     if let Some(log) = log
-        && !log.resumed.contains_key(&request.id)
+        && !log.resumed.contains_key(&submission.request.id)
     {
-        log.writer.append(&LogRecord::Submit(request.clone()))?;
+        log.writer
+            .append(&LogRecord::Submit(submission.request.clone()))?;
     }
-    handle.send(ClientMsg::Submit(Submission {
-        request,
-        submitted_us: now_us(),
-    }));
+    handle.send(ClientMsg::Submit(submission));
     Ok(())
 }
 
