@@ -81,6 +81,10 @@ pub struct EngineArgs {
     /// Most sequences in one batch of a node.
     #[arg(long, default_value_t = 64, value_parser = positive_usize)]
     pub max_batch_sequences: usize,
+    /// Longest a node holds a call for its sequences still on their way back
+    /// (so they share one call), as a fraction of its mean call time; 0: never.
+    #[arg(long, default_value_t = 0.25, value_parser = closed_fraction)]
+    pub batch_hold: f64,
     /// Most sequences running at once (default: only KV memory limits);
     /// the rest wait in order.
     #[arg(long, value_parser = positive_usize)]
@@ -149,6 +153,15 @@ pub fn unit_fraction(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0 => Ok(v),
         Ok(v) => Err(format!("{v} is not in (0, 1]")),
+        Err(e) => Err(format!("`{text}` is not a number ({e})")),
+    }
+}
+
+/// Parses a fraction in [0, 1] (0 allowed: the setting is off).
+pub fn closed_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not in [0, 1]")),
         Err(e) => Err(format!("`{text}` is not a number ({e})")),
     }
 }
@@ -341,6 +354,7 @@ impl EngineArgs {
                 token_budget: self.token_budget,
                 max_prefill_chunk: self.max_prefill_chunk,
                 max_batch_sequences: self.max_batch_sequences,
+                batch_hold: self.batch_hold,
                 max_running: self.max_running,
                 router: RouterChoice::parse(&self.router)?,
                 heartbeat,
@@ -423,6 +437,10 @@ mod tests {
         assert_eq!(unit_fraction("1"), Ok(1.0));
         for bad in ["0", "-0.1", "1.01", "NaN", "inf", "x", ""] {
             assert!(unit_fraction(bad).is_err(), "{bad}");
+        }
+        assert_eq!(closed_fraction("0"), Ok(0.0));
+        for bad in ["-0.1", "1.01", "NaN", "x"] {
+            assert!(closed_fraction(bad).is_err(), "{bad}");
         }
         assert!(positive_usize("0").is_err());
         assert_eq!(positive_usize("3"), Ok(3));

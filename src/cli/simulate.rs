@@ -66,6 +66,10 @@ pub struct SimulateArgs {
     /// Most sequences in one batch of a node.
     #[arg(long, default_value_t = 64, value_parser = super::engine_args::positive_usize)]
     pub max_batch_sequences: usize,
+    /// Longest a node holds a call for its sequences still on their way back,
+    /// as a fraction of its mean call time; 0: never (the engine's rule).
+    #[arg(long, default_value_t = 0.25, value_parser = super::engine_args::closed_fraction)]
+    pub batch_hold: f64,
     /// Most sequences running at once (default: only KV memory limits).
     #[arg(long, value_parser = super::engine_args::positive_usize)]
     pub max_running: Option<usize>,
@@ -111,6 +115,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             token_budget: args.token_budget,
             max_prefill_chunk: args.max_prefill_chunk,
             max_batch_sequences: args.max_batch_sequences,
+            batch_hold: args.batch_hold,
             max_running: args.max_running,
             router: RouterChoice::parse(&args.router)?,
             ..SchedulerConfig::default()

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokenflow_planner::router::RouterChoice;
 
-use crate::batch::BatchLimits;
+use crate::batch::{BatchLimits, CallHold};
 
 /// How requests are admitted, batched, routed and watched over: the same
 /// settings for the timely engine, the simulator and the plain loop.
@@ -18,6 +18,10 @@ pub struct SchedulerConfig {
     pub max_prefill_chunk: usize,
     /// Most sequences in one stage call.
     pub max_batch_sequences: usize,
+    /// Longest a node holds a call for its sequences still on their way back,
+    /// as a fraction of its mean call time (0: never; see [`CallHold`]).
+    #[serde(default = "default_batch_hold")]
+    pub batch_hold: f64,
     /// Most sequences running at once (the rest wait in order); `None`: only
     /// KV room limits them.
     pub max_running: Option<usize>,
@@ -38,6 +42,7 @@ impl Default for SchedulerConfig {
             token_budget: 512,
             max_prefill_chunk: 256,
             max_batch_sequences: 64,
+            batch_hold: default_batch_hold(),
             max_running: None,
             router: RouterChoice::default(),
             heartbeat: Duration::from_millis(50),
@@ -45,6 +50,10 @@ impl Default for SchedulerConfig {
             stall_timeout: Duration::from_secs(30),
         }
     }
+}
+
+fn default_batch_hold() -> f64 {
+    0.25
 }
 
 /// A scheduling setting out of its range.
@@ -84,6 +93,12 @@ impl SchedulerConfig {
                 ),
             });
         }
+        if !(0.0..=1.0).contains(&self.batch_hold) {
+            return Err(ConfigError {
+                field: "batch_hold",
+                message: format!("{} is not a fraction in 0..=1", self.batch_hold),
+            });
+        }
         if self.heartbeat.is_zero() || self.suspect_after < self.heartbeat {
             return Err(ConfigError {
                 field: "suspect_after",
@@ -107,6 +122,14 @@ impl SchedulerConfig {
         BatchLimits {
             token_budget: self.token_budget,
             max_sequences: self.max_batch_sequences,
+        }
+    }
+
+    /// How a node on paths of `path_stages` block stages holds its calls.
+    pub fn call_hold(&self, path_stages: usize) -> CallHold {
+        CallHold {
+            fraction: self.batch_hold,
+            path_stages,
         }
     }
 
@@ -134,7 +157,9 @@ mod tests {
     fn defaults_are_valid_and_each_bad_setting_is_named() {
         SchedulerConfig::default().validate().unwrap();
         type Breaker = fn(&mut SchedulerConfig);
-        let cases: [(&str, Breaker); 6] = [
+        let cases: [(&str, Breaker); 8] = [
+            ("batch_hold", |c| c.batch_hold = 1.5),
+            ("batch_hold", |c| c.batch_hold = f64::NAN),
             ("token_budget", |c| c.token_budget = 0),
             ("max_batch_sequences", |c| c.max_batch_sequences = 0),
             ("max_running", |c| c.max_running = Some(0)),

@@ -274,6 +274,7 @@ impl InferenceDataflow {
             StageContext {
                 placement: Arc::clone(placement),
                 limits,
+                hold: self.options.scheduler.call_hold(placement.num_stages()),
                 hidden,
                 metrics: Rc::clone(&metrics),
                 faults,

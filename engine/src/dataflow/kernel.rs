@@ -136,6 +136,14 @@ impl StageKernel {
         }
     }
 
+    /// Sequences whose KV the stage keeps (blocks only; 0 for the others).
+    pub fn sequences_held(&self) -> usize {
+        match self {
+            StageKernel::Blocks(b) => b.kv().len(),
+            _ => 0,
+        }
+    }
+
     /// KV bytes in use (blocks only).
     pub fn kv_used(&self) -> u64 {
         match self {

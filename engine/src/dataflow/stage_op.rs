@@ -29,10 +29,10 @@ use super::kernel::{KernelLoader, StageKernel};
 use super::link::DelayedInbox;
 use super::message::{Control, LoopMsg, Payload, StepMsg};
 use super::metrics::EngineMetrics;
-use super::placement::Placement;
+use super::placement::{NodeSlot, Placement};
 
 pub use tokenflow_core::batch::BatchLimits;
-use tokenflow_core::batch::StepQueue;
+use tokenflow_core::batch::{CallHold, StepQueue};
 
 /// Which stage of the loop an operator runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,8 @@ pub struct StageContext {
     pub placement: Arc<Placement>,
     /// Limits of one stage call.
     pub limits: BatchLimits,
+    /// How long a node may hold a call for its sequences on their way back.
+    pub hold: CallHold,
     /// Width of the hidden state.
     pub hidden: usize,
     /// This worker's measurements.
@@ -108,6 +110,30 @@ struct NodeQueue {
     work: StepQueue<(Capability<u64>, StepMsg)>,
     outbox: Vec<(Capability<u64>, StepMsg)>,
     release_us: u64,
+    /// Mean (emulated) call time, for the hold rule; 0 before the first call.
+    mean_call_us: f64,
+    /// Since when the node could have started its next call (idle, work queued).
+    ready_since_us: Option<u64>,
+}
+
+impl NodeQueue {
+    fn new(kernel: StageKernel, slot: &NodeSlot, role: StageRole, incarnation: u32) -> Self {
+        Self {
+            kernel: Some(kernel),
+            computing: None,
+            pending_releases: Vec::new(),
+            lost_during_call: false,
+            incarnation,
+            speed_factor: slot.speed_factor,
+            metrics_key: format!("{} {}", slot.id, role.name()),
+            ready: VecDeque::new(),
+            work: StepQueue::default(),
+            outbox: Vec::new(),
+            release_us: 0,
+            mean_call_us: 0.0,
+            ready_since_us: None,
+        }
+    }
 }
 
 /// Adds the stage operator for `role` to the loop.
@@ -123,6 +149,7 @@ pub fn stage_operator<'s>(
     let StageContext {
         placement,
         limits,
+        hold,
         hidden,
         metrics,
         faults,
@@ -150,20 +177,7 @@ pub fn stage_operator<'s>(
                 .into_iter()
                 .map(|(n, kernel)| {
                     let slot = &placement.nodes[n as usize];
-                    let queue = NodeQueue {
-                        kernel: Some(kernel),
-                        computing: None,
-                        pending_releases: Vec::new(),
-                        lost_during_call: false,
-                        incarnation: 0,
-                        speed_factor: slot.speed_factor,
-                        metrics_key: format!("{} {}", slot.id, role.name()),
-                        ready: VecDeque::new(),
-                        work: StepQueue::default(),
-                        outbox: Vec::new(),
-                        release_us: 0,
-                    };
-                    (n, queue)
+                    (n, NodeQueue::new(kernel, slot, role, 0))
                 })
                 .collect();
             let mut reported_links: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
@@ -189,6 +203,7 @@ pub fn stage_operator<'s>(
                         }
                         q.ready.clear();
                         q.work.clear();
+                        q.ready_since_us = None;
                         q.outbox.clear();
                     }
                 }
@@ -232,6 +247,11 @@ pub fn stage_operator<'s>(
                     stats.queue_len.record_us(call.queued as u64);
                     q.outbox = call.caps.into_iter().zip(batch).collect();
                     q.release_us = done.finished_us + busy_us.saturating_sub(done.compute_us);
+                    q.mean_call_us = if q.mean_call_us == 0.0 {
+                        busy_us as f64
+                    } else {
+                        0.8 * q.mean_call_us + 0.2 * busy_us as f64
+                    };
                 }
                 for (cap, msg) in inbox.ready(now) {
                     let node = msg.route().get(route_index).copied().unwrap_or(u32::MAX);
@@ -289,21 +309,10 @@ pub fn stage_operator<'s>(
                                 match loader.load(role, stage, kv_bytes) {
                                     Ok(kernel) => {
                                         let slot = &placement.nodes[target as usize];
+                                        let inc = faults.incarnation(target, now);
                                         nodes.insert(
                                             target,
-                                            NodeQueue {
-                                                kernel: Some(kernel),
-                                                computing: None,
-                                                pending_releases: Vec::new(),
-                                                lost_during_call: false,
-                                                incarnation: faults.incarnation(target, now),
-                                                speed_factor: slot.speed_factor,
-                                                metrics_key: format!("{} {}", slot.id, role.name()),
-                                                ready: VecDeque::new(),
-                                                work: StepQueue::default(),
-                                                outbox: Vec::new(),
-                                                release_us: 0,
-                                            },
+                                            NodeQueue::new(kernel, slot, role, inc),
                                         );
                                     }
                                     Err(e) => *error = Some(e.to_string()),
@@ -361,6 +370,21 @@ pub fn stage_operator<'s>(
                     if q.work.is_empty() || q.computing.is_some() {
                         continue;
                     }
+                    let Some(held) = q.kernel.as_ref().map(StageKernel::sequences_held) else {
+                        continue;
+                    };
+                    let since = *q.ready_since_us.get_or_insert(now);
+                    if let Some(rest) = hold.hold_us(
+                        q.work.len(),
+                        held,
+                        now.saturating_sub(since),
+                        q.mean_call_us as u64,
+                    ) {
+                        let t = now + rest;
+                        wake = Some(wake.map_or(t, |w| w.min(t)));
+                        continue;
+                    }
+                    q.ready_since_us = None;
                     let Some(kernel) = q.kernel.take() else {
                         continue;
                     };

@@ -378,6 +378,12 @@ struct NodeRt {
     batch: Vec<Item>,
     epoch: u32,
     seqs: Vec<u32>,
+    /// Mean call time (ns), for the core's hold rule; 0 before the first call.
+    mean_call_ns: f64,
+    /// Since when the node could have started its next call (idle, work queued).
+    ready_since: Option<u64>,
+    /// When a hold ends (a kick is due then).
+    hold_until: Option<u64>,
 }
 
 impl NodeRt {
@@ -826,6 +832,7 @@ impl<'a> Sim<'a> {
         nd.epoch = nd.epoch.wrapping_add(1);
         nd.busy = false;
         nd.queue.clear();
+        nd.ready_since = None;
         nd.batch.clear();
         nd.kv_free = nd.kv_cap;
     }
@@ -1307,12 +1314,46 @@ impl<'a> Sim<'a> {
         self.seqs[it.seq as usize].incarnation != it.incarnation
     }
 
+    /// The core's hold rule at an idle node with work queued: whether to wait
+    /// for its sequences still on their way back (a kick is then due when the
+    /// hold ends).
+    fn hold(&mut self, node: u32) -> bool {
+        let path_stages = self.plan.as_ref().map_or(1, |p| p.plan.stages.len());
+        let hold = self.inp.config.scheduler.call_hold(path_stages);
+        let now = self.now;
+        let nd = &mut self.nodes[node as usize];
+        if nd.queue.is_empty() {
+            nd.ready_since = None;
+            return false;
+        }
+        let since = *nd.ready_since.get_or_insert(now);
+        let rest = hold.hold_us(
+            nd.queue.len(),
+            nd.seqs.len(),
+            now.saturating_sub(since) / 1000,
+            nd.mean_call_ns as u64 / 1000,
+        );
+        let Some(rest) = rest else {
+            nd.ready_since = None;
+            return false;
+        };
+        let until = now + rest * 1000;
+        if nd.hold_until != Some(until) {
+            nd.hold_until = Some(until);
+            self.push(until, Ev::Kick(node));
+        }
+        true
+    }
+
     fn start_batch(&mut self, node: u32) {
         let i = node as usize;
         if self.nodes[i].busy || !self.nodes[i].serving() {
             return;
         }
         let limits = self.inp.config.scheduler.batch_limits();
+        if self.hold(node) {
+            return;
+        }
         let mut batch = std::mem::take(&mut self.nodes[i].batch);
         let seqs = &self.seqs;
         self.nodes[i].queue.take_batch_into(
@@ -1352,6 +1393,11 @@ impl<'a> Sim<'a> {
         self.groups = groups;
         self.stats.gpu_busy_s += t;
         let nd = &mut self.nodes[i];
+        nd.mean_call_ns = if nd.mean_call_ns == 0.0 {
+            to_ns(t) as f64
+        } else {
+            0.8 * nd.mean_call_ns + 0.2 * to_ns(t) as f64
+        };
         nd.batch = batch;
         nd.busy = true;
         let epoch = nd.epoch;
