@@ -20,7 +20,7 @@ use tokenflow_engine::{DirectGenerator, Request, SchedulerConfig, TokenEvent};
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::device::default_device;
 use tokenflow_operators::tiny::{TinyModelSpec, write_tiny_model};
-use tokenflow_serve::client::{LoadRequest, LoadSchedule, OpenAiClient, run_load};
+use tokenflow_serve::client::{LoadPrompt, LoadRequest, LoadSchedule, OpenAiClient, run_load};
 
 const TINY: &str = "tiny";
 
@@ -311,7 +311,7 @@ fn sixty_four_concurrent_streams_all_complete() {
     let server = Server::start(&model, &["--workers", "2"]);
     let requests: Vec<LoadRequest> = (0..64u32)
         .map(|i| LoadRequest {
-            prompt: vec![3 + i % 50, 7 + i % 13, 11],
+            prompt: LoadPrompt::Tokens(vec![3 + i % 50, 7 + i % 13, 11]),
             max_tokens: 8 + (i % 3) as usize,
         })
         .collect();
@@ -325,9 +325,12 @@ fn sixty_four_concurrent_streams_all_complete() {
     // Batched with 63 others, each answer is still the plain loop's.
     for i in [0usize, 17, 63] {
         let a = outcome.answers[i].as_ref().unwrap();
+        let LoadPrompt::Tokens(prompt) = &requests[i].prompt else {
+            unreachable!("token prompts")
+        };
         assert_eq!(
             a.token_ids,
-            plain_loop(&model, &requests[i].prompt, requests[i].max_tokens)
+            plain_loop(&model, prompt, requests[i].max_tokens)
         );
     }
     assert_eq!(
@@ -401,6 +404,44 @@ fn a_client_gone_mid_stream_frees_its_slot_for_the_next() {
         generated < 400.0,
         "{generated} tokens: the abandoned stream ran on"
     );
+}
+
+#[test]
+fn a_node_lost_mid_stream_costs_the_client_nothing() {
+    // Node `b` holds the second stage alone and dies 3 s after the engine starts,
+    // inside a stream of some seconds: the sequence restarts from its token log
+    // on a replica re-planned onto `a`, and the client sees one unbroken stream.
+    let cluster = slow_cluster();
+    let model = tiny_path();
+    let server = Server::start(
+        &model,
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--stages",
+            "0..3,3..6",
+            "--fail",
+            "b@3s",
+            "--suspect-ms",
+            "300",
+        ],
+    );
+    let prompt = vec![5u32, 6, 7];
+    let body = json!({"model": TINY, "prompt": prompt, "max_tokens": 300, "temperature": 0,
+        "ignore_eos": true, "stream": true, "return_token_ids": true});
+    let chunks = server.stream("/v1/completions", &body);
+    assert_eq!(chunks.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        chunks.iter().all(|c| !c.contains("\"error\"")),
+        "an error event: {chunks:?}"
+    );
+    assert_eq!(chunk_ids(&chunks), plain_loop(&model, &prompt, 300));
+    assert_eq!(
+        server.settled_metric("tokenflow_requests_completed_total", 1.0),
+        1.0
+    );
+    assert!(server.metric("tokenflow_failures_detected_total") >= 1.0);
+    assert!(server.metric("tokenflow_restarts_total") >= 1.0);
 }
 
 fn error_of(status: u16, body: &Value, expected_status: u16, param: Option<&str>) {
@@ -637,4 +678,108 @@ fn smollm2_says_paris() {
     let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.contains("Paris"), "{answer}");
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
+}
+
+/// `tokenflow bench --url` with `extra`, its exit status and its stderr.
+fn bench_url(url: &str, model: &Path, out: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+        .args(["bench", "--url", url, "--model"])
+        .arg(model)
+        .args([
+            "--requests",
+            "6",
+            "--concurrency",
+            "3",
+            "--prompt-len",
+            "uniform:4:8",
+            "--output-len",
+            "fixed:5",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("tokenflow bench runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_url_loads_the_server_with_token_and_text_prompts() {
+    let model = tiny_path();
+    let server = Server::start(&model, &[]);
+    for prompt_as in ["tokens", "text"] {
+        let out = std::env::temp_dir().join(format!(
+            "tokenflow-bench-url-{prompt_as}-{}",
+            std::process::id()
+        ));
+        let (status, stderr) = bench_url(&server.base, &model, &out, &["--prompt-as", prompt_as]);
+        assert!(status.success(), "{prompt_as}: {stderr}");
+        let metrics: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(metrics["tokens"], 30, "{prompt_as}: {metrics}");
+        assert_eq!(metrics["completed"], 6);
+        for file in [
+            "ttft.hgrm",
+            "inter_token.hgrm",
+            "latency.csv",
+            "latency.svg",
+        ] {
+            assert!(out.join(file).exists(), "{prompt_as}: no {file}");
+        }
+    }
+}
+
+#[test]
+fn bench_url_counts_streams_cut_short_as_failures() {
+    // A server that ends every stream after one token, without a finish_reason
+    // (as llama-cpp-python's does to a request interrupted by the next).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let n = socket.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let chunk = r#"{"choices":[{"index":0,"text":"a","finish_reason":null}]}"#;
+                let _ = write!(
+                    socket,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {chunk}\n\ndata: [DONE]\n\n"
+                );
+            });
+        }
+    });
+    let out = std::env::temp_dir().join(format!("tokenflow-bench-cut-{}", std::process::id()));
+    let (status, stderr) = bench_url(&url, &tiny_path(), &out, &["--model-name", "m"]);
+    assert!(!status.success(), "every answer was cut short: {stderr}");
+    assert!(
+        stderr.contains("without a finish_reason after 1 of 5 tokens"),
+        "{stderr}"
+    );
 }

@@ -121,6 +121,19 @@ pub struct BenchArgs {
     /// With `--url`: sent as `Authorization: Bearer KEY`.
     #[arg(long, requires = "url")]
     pub api_key: Option<String>,
+    /// With `--url`: send prompts as token ids, or as their text for servers
+    /// that take only text (llama-cpp-python's), which tokenize it again.
+    #[arg(long, value_enum, default_value_t = PromptAs::Tokens, requires = "url")]
+    pub prompt_as: PromptAs,
+}
+
+/// How `bench --url` sends its prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PromptAs {
+    /// Token ids.
+    Tokens,
+    /// Decoded text.
+    Text,
 }
 
 /// The bench's requests (greedy, prompts of ordinary tokens drawn from
@@ -210,7 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let model =
             LlamaModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let (requests, arrivals) = make_requests(&args, &model)?;
-        return remote::bench(&args, url, &requests, &arrivals);
+        return remote::bench(&args, url, &requests, &arrivals, &model.tokenizer);
     }
     let setup = args.engine.resolve()?;
     let (requests, arrivals) = make_requests(&args, &setup.model)?;

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokenflow_engine::dataflow::metrics::names;
 use tokenflow_engine::dataflow::{Arrivals, EngineMetrics, FinishedRequest, RunOutcome};
 use tokenflow_engine::{FinishReason, Request, TokenLog};
-use tokenflow_serve::client::{LoadRequest, LoadSchedule, OpenAiClient, run_load};
+use tokenflow_operators::TextTokenizer;
+use tokenflow_serve::client::{LoadPrompt, LoadRequest, LoadSchedule, OpenAiClient, run_load};
 
-use super::bench::BenchArgs;
+use super::bench::{BenchArgs, PromptAs};
 use super::report::{print_summary, write_outputs};
 
 fn us(d: Duration) -> u64 {
@@ -23,6 +24,7 @@ pub fn bench(
     url: &str,
     requests: &[Request],
     arrivals: &Arrivals,
+    tokenizer: &TextTokenizer,
 ) -> anyhow::Result<()> {
     let client = OpenAiClient::new(url, args.api_key.clone())?;
     let runtime = tokio_runtime()?;
@@ -41,13 +43,23 @@ pub fn bench(
         Arrivals::ClosedLoop { concurrency } => LoadSchedule::Closed(*concurrency),
         Arrivals::Immediate => LoadSchedule::At(vec![0; requests.len()]),
     };
-    let load: Vec<LoadRequest> = requests
+    let load = requests
         .iter()
-        .map(|r| LoadRequest {
-            prompt: r.prompt.clone(),
-            max_tokens: r.max_tokens,
+        .map(|r| {
+            let prompt = match args.prompt_as {
+                PromptAs::Tokens => LoadPrompt::Tokens(r.prompt.clone()),
+                PromptAs::Text => LoadPrompt::Text(
+                    tokenizer
+                        .decode(&r.prompt)
+                        .with_context(|| format!("decoding the prompt of request {}", r.id))?,
+                ),
+            };
+            Ok(LoadRequest {
+                prompt,
+                max_tokens: r.max_tokens,
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()?;
     eprintln!("{} requests to {url}, model `{model}`", load.len());
     let bar = ProgressBar::new(load.len() as u64);
     bar.set_style(
@@ -62,6 +74,18 @@ pub fn bench(
     let mut errors = 0usize;
     for (r, answer) in requests.iter().zip(&outcome.answers) {
         match answer {
+            // A stream that stops without saying why was cut short (a server
+            // that interrupts one request for the next, say): not an answer.
+            Ok(a) if a.finish_reason.is_none() => {
+                metrics.failed += 1;
+                errors += 1;
+                if errors <= 5 {
+                    eprintln!(
+                        "[{}] the stream ended without a finish_reason after {} of {} tokens",
+                        r.id, a.completion_tokens, r.max_tokens
+                    );
+                }
+            }
             Ok(a) => {
                 metrics.record_latency(names::TTFT, us(a.ttft));
                 for gap in &a.gaps {

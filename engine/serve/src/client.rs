@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::openai::{ErrorBody, ModelList};
+use crate::openai::ErrorBody;
 
 /// Why a request of the load failed.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -164,12 +164,21 @@ impl OpenAiClient {
             .send()
             .await
             .map_err(|e| http_error(&url, e))?;
-        let list: ModelList = Self::check(&url, response)
+        let text = Self::check(&url, response)
             .await?
-            .json()
+            .text()
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(list.data.into_iter().map(|m| m.id).collect())
+            .map_err(|e| http_error(&url, e))?;
+        // Only the ids: servers differ in the other fields of a model card.
+        let list: Value = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("{url}: {e}: {text}")))?;
+        let ids = list["data"].as_array().map(|models| {
+            models
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        });
+        ids.ok_or_else(|| ClientError::Protocol(format!("{url}: no `data` list of models: {text}")))
     }
 
     /// Streams `body` (a chat or completion request; `stream` and
@@ -255,11 +264,23 @@ impl OpenAiClient {
     }
 }
 
-/// One request of a load: token ids, as the engine's own bench makes them.
+/// A load request's prompt as sent in `/v1/completions`' `prompt` field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum LoadPrompt {
+    /// Token ids, exactly the tokens meant (tokenflow, vLLM and llama.cpp's
+    /// `llama-server` take them).
+    Tokens(Vec<u32>),
+    /// Text, tokenized again by the server (for servers that take only text,
+    /// such as llama-cpp-python's; the token count may differ a little).
+    Text(String),
+}
+
+/// One request of a load, as the engine's own bench makes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadRequest {
-    /// Prompt token ids (sent as `prompt`, which `/v1/completions` accepts).
-    pub prompt: Vec<u32>,
+    /// The prompt.
+    pub prompt: LoadPrompt,
     /// Tokens to generate (the end-of-sequence token is ignored).
     pub max_tokens: usize,
 }
