@@ -222,11 +222,18 @@ impl TextTokenizer {
 /// Turns a growing list of token ids into text pieces as soon as they are whole UTF-8.
 ///
 /// Byte-level BPE splits multi-byte characters across tokens, so a token's text
-/// alone may be an incomplete character; this holds such bytes back.
+/// alone may be an incomplete character; this holds such bytes back. Each
+/// token decodes only a short window (the tokens since the last piece and the
+/// one piece before them, for tokenizers that treat a leading space
+/// differently), as text-generation-inference and vLLM do, so a long answer
+/// costs time linear in its length rather than quadratic.
 #[derive(Debug, Default, Clone)]
 pub struct TokenTextStream {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Where the window decoded for context starts.
+    prefix_offset: usize,
+    /// Tokens up to here have been emitted as text.
+    read_offset: usize,
 }
 
 impl TokenTextStream {
@@ -238,12 +245,20 @@ impl TokenTextStream {
     /// Adds `id` and returns the newly completed text, if any.
     pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<String, TokenizerError> {
         self.ids.push(id);
-        let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        let before = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let after = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if after.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let Some(piece) = after
+            .get(before.len()..)
+            .filter(|_| after.starts_with(&before))
+        else {
+            return Ok(String::new());
+        };
+        let piece = piece.to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
         Ok(piece)
     }
 }

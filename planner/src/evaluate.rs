@@ -166,7 +166,7 @@ pub fn evaluate(
     // Expected per-token latency over the routing weights.
     let (mut itl, mut ttft, mut net_bytes) = (0.0, 0.0, 0.0);
     let prompt = opts.workload.prompt_tokens as f64;
-    for st in plan.stages.iter() {
+    for (si, st) in plan.stages.iter().enumerate() {
         let len = (st.end - st.start) as f64;
         let wsum: f64 = st.replicas.iter().map(|r| r.weight).sum::<f64>().max(1e-12);
         let boundary = st.end as usize;
@@ -184,15 +184,26 @@ pub fn evaluate(
             let layers = st.layers();
             ttft += w * (cm.prefill_time(&node.gpu, &layers) + wait * len / span_len);
             let i = cluster.index_of(&r.node).unwrap_or(0);
-            for h in &r.next {
-                if h.node == r.node {
+            // No planned hops: the router takes the next stage's replicas by weight.
+            let hops: Vec<(&str, f64)> = match plan.stages.get(si + 1) {
+                Some(next) if r.next.is_empty() && w > 0.0 => {
+                    let total: f64 = next.replicas.iter().map(|x| x.weight).sum::<f64>();
+                    next.replicas
+                        .iter()
+                        .map(|x| (x.node.as_str(), x.weight / total.max(1e-12)))
+                        .collect()
+                }
+                _ => r.next.iter().map(|h| (h.node.as_str(), h.weight)).collect(),
+            };
+            for (to, share) in hops {
+                if to == r.node {
                     continue;
                 }
-                let j = cluster.index_of(&h.node).unwrap_or(0);
+                let j = cluster.index_of(to).unwrap_or(0);
                 let link = cluster.link(i, j);
-                itl += w * h.weight * cm.link_time(&link, boundary, 1.0);
-                ttft += w * h.weight * cm.link_time(&link, boundary, prompt);
-                net_bytes += w * h.weight * cm.activation_bytes(boundary);
+                itl += w * share * cm.link_time(&link, boundary, 1.0);
+                ttft += w * share * cm.link_time(&link, boundary, prompt);
+                net_bytes += w * share * cm.activation_bytes(boundary);
             }
         }
     }

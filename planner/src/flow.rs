@@ -95,7 +95,10 @@ pub fn assign_routing(plan: &mut Plan, cluster: &Cluster, cm: &CostModel) -> Flo
     }
     for s in 0..plan.stages.len().saturating_sub(1) {
         for a in 0..plan.stages[s].replicas.len() {
-            let list = hops.get(&(s, a)).cloned().unwrap_or_default();
+            // A replica the flow does not use keeps an empty list: routers then
+            // pick any usable replica of the next stage by its weight. Listing
+            // them all here would cost replicas² hops (gigabytes at thousands of nodes).
+            let list = hops.remove(&(s, a)).unwrap_or_default();
             let total: f64 = list.iter().map(|x| x.1).sum();
             let next: Vec<NextHop> = if total > 0.0 {
                 list.iter()
@@ -105,15 +108,7 @@ pub fn assign_routing(plan: &mut Plan, cluster: &Cluster, cm: &CostModel) -> Flo
                     })
                     .collect()
             } else {
-                let k = plan.stages[s + 1].replicas.len() as f64;
-                plan.stages[s + 1]
-                    .replicas
-                    .iter()
-                    .map(|r| NextHop {
-                        node: r.node.clone(),
-                        weight: 1.0 / k,
-                    })
-                    .collect()
+                Vec::new()
             };
             plan.stages[s].replicas[a].next = next;
         }

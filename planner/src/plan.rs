@@ -34,7 +34,8 @@ pub struct Replica {
     pub node: String,
     /// Share of the stage's tokens this replica takes, in [0, 1].
     pub weight: f64,
-    /// Routing after this stage (empty on the last stage, or when not planned).
+    /// Routing after this stage (empty on the last stage, or when not planned:
+    /// then any usable replica of the next stage, by the replicas' weights).
     #[serde(default)]
     pub next: Vec<NextHop>,
 }
