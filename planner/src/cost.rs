@@ -87,7 +87,9 @@ impl CostModel {
     }
 
     fn calibrate(&mut self, model: &ModelProfile) {
-        let mut samples: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
+        // Per device: prefill FLOP/s, and decode bytes/s with the batch measured.
+        type Samples = (Vec<f64>, Vec<(u32, f64)>);
+        let mut samples: HashMap<String, Samples> = HashMap::new();
         for m in &model.measured {
             if m.seconds <= 0.0 || m.layers == 0 || m.layers as usize > self.n || m.tokens == 0 {
                 continue;
@@ -98,16 +100,25 @@ impl CostModel {
             let e = samples.entry(key(&m.device)).or_default();
             match m.phase {
                 Phase::Prefill => e.0.push(flops / m.seconds),
-                Phase::Decode => e.1.push(bytes / m.seconds),
+                Phase::Decode => e.1.push((m.batch, bytes / m.seconds)),
             }
         }
         for (dev, (fl, bw)) in samples {
+            // Bandwidth from the smallest decode batch only: larger batches become
+            // compute-bound (on a CPU already at 4), and reading their time as
+            // memory time made every step of the simulator 3 to 4 times too slow.
+            let smallest = bw.iter().map(|x| x.0).min();
+            let memory: Vec<f64> = bw
+                .iter()
+                .filter(|x| Some(x.0) == smallest)
+                .map(|x| x.1)
+                .collect();
             // Stored as achieved FLOP/s and bytes/s; turned into fractions per GPU kind on use.
             self.calibrated.insert(
                 dev,
                 Efficiency {
                     compute: median(fl).unwrap_or(f64::NAN),
-                    memory: median(bw).unwrap_or(f64::NAN),
+                    memory: median(memory).unwrap_or(f64::NAN),
                 },
             );
         }
@@ -196,7 +207,18 @@ impl CostModel {
         let bytes = self.weight_bytes(r) + decode * ctx * Self::sum(&self.kv, r);
         let compute = flops / (gpu.flops() * e.compute);
         let memory = bytes / (gpu.bandwidth() * e.memory);
-        compute.max(memory) + self.options.step_overhead_s
+        compute.max(memory) + self.overhead(gpu)
+    }
+
+    /// Fixed time per stage call: the option's, except for GPU kinds with
+    /// measured stage times, whose efficiencies already include it (adding it
+    /// again made a calibrated CPU step 2 ms slower than measured).
+    fn overhead(&self, gpu: &GpuKind) -> f64 {
+        if self.calibrated.contains_key(&key(&gpu.name)) {
+            0.0
+        } else {
+            self.options.step_overhead_s
+        }
     }
 
     /// Prefill time of one prompt over layers `r`.
@@ -317,8 +339,27 @@ mod tests {
             tokens: 1,
             seconds: bytes / (g.bandwidth() * 0.5),
         });
+        // Batches of 4 and 16 that took longer are compute-bound: no bandwidth figure.
+        for (batch, slower) in [(4, 3.0), (16, 20.0)] {
+            m.measured.push(MeasuredStageTime {
+                device: "t4".into(),
+                layers: 4,
+                phase: Phase::Decode,
+                batch,
+                tokens: batch,
+                seconds: slower * bytes / (g.bandwidth() * 0.5),
+            });
+        }
         let cm = CostModel::new(&m, &PlanOptions::default());
         assert!((cm.efficiency(&g).memory - 0.5).abs() < 1e-9);
         assert!((cm.efficiency(&g).compute - 0.5).abs() < 1e-9); // default kept
+        // Measured times include the per-call overhead: it is not added again.
+        let mut slow_calls = PlanOptions::default();
+        slow_calls.cost.step_overhead_s = 1.0;
+        let r = 0..4;
+        let uncalibrated = CostModel::new(&presets::model("Llama-3-8B").unwrap(), &slow_calls);
+        assert!(uncalibrated.step_time(&g, &r, 1.0, 0.0) >= 1.0);
+        let calibrated = CostModel::new(&m, &slow_calls);
+        assert!(calibrated.step_time(&g, &r, 1.0, 0.0) < 1.0);
     }
 }

@@ -45,7 +45,8 @@ pub struct CostOptions {
     pub memory_reserve: f64,
     /// Largest decode batch a node runs.
     pub max_batch: u32,
-    /// Fixed time per stage call (kernel launches, scheduling), seconds.
+    /// Fixed time per stage call (kernel launches, scheduling), seconds; not
+    /// added for GPU kinds whose stage times were measured (they include it).
     pub step_overhead_s: f64,
     /// Charge each generated token its share of prefill compute in throughput figures.
     pub include_prefill: bool,
