@@ -250,13 +250,18 @@ impl TokenTextStream {
         if after.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
-        let Some(piece) = after
-            .get(before.len()..)
-            .filter(|_| after.starts_with(&before))
-        else {
-            return Ok(String::new());
+        // A decoder that rewrites across the window's start: emit what follows
+        // the common prefix, and move on (never stall on the same window).
+        let common = if after.starts_with(&before) {
+            before.len()
+        } else {
+            before
+                .char_indices()
+                .zip(after.chars())
+                .find(|((_, a), b)| a != b)
+                .map_or(before.len().min(after.len()), |((i, _), _)| i)
         };
-        let piece = piece.to_string();
+        let piece = after.get(common..).unwrap_or_default().to_string();
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         Ok(piece)

@@ -74,15 +74,22 @@ pub fn bench(
     let mut errors = 0usize;
     for (r, answer) in requests.iter().zip(&outcome.answers) {
         match answer {
-            // A stream that stops without saying why was cut short (a server
-            // that interrupts one request for the next, say): not an answer.
-            Ok(a) if a.finish_reason.is_none() => {
+            // A stream that stops without saying why, or for a reason other than
+            // a stop rule (vLLM's `abort`), was cut short: not an answer.
+            Ok(a) if !matches!(a.finish_reason.as_deref(), Some("stop" | "length")) => {
                 metrics.failed += 1;
                 errors += 1;
                 if errors <= 5 {
                     eprintln!(
-                        "[{}] the stream ended without a finish_reason after {} of {} tokens",
-                        r.id, a.completion_tokens, r.max_tokens
+                        "[{}] the stream ended {} after {} of {} tokens",
+                        r.id,
+                        a.finish_reason
+                            .as_deref()
+                            .map_or("without a finish_reason".to_string(), |f| format!(
+                                "with finish_reason `{f}`"
+                            )),
+                        a.completion_tokens,
+                        r.max_tokens
                     );
                 }
             }

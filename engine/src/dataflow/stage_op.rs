@@ -373,7 +373,8 @@ pub fn stage_operator<'s>(
                     let Some(held) = q.kernel.as_ref().map(StageKernel::sequences_held) else {
                         continue;
                     };
-                    let since = *q.ready_since_us.get_or_insert(now);
+                    // A wall clock stepped back must not stretch a hold.
+                    let since = (*q.ready_since_us.get_or_insert(now)).min(now);
                     if let Some(rest) = hold.hold_us(
                         q.work.len(),
                         held,
