@@ -210,11 +210,15 @@ impl CostModel {
         compute.max(memory) + self.overhead(gpu)
     }
 
-    /// Fixed time per stage call: the option's, except for GPU kinds with
-    /// measured stage times, whose efficiencies already include it (adding it
+    /// Fixed time per stage call: the option's, except for GPU kinds whose
+    /// prefill and decode were both measured: their efficiencies include it (adding it
     /// again made a calibrated CPU step 2 ms slower than measured).
     fn overhead(&self, gpu: &GpuKind) -> f64 {
-        if self.calibrated.contains_key(&key(&gpu.name)) {
+        let measured = self
+            .calibrated
+            .get(&key(&gpu.name))
+            .is_some_and(|c| c.compute.is_finite() && c.memory.is_finite());
+        if measured {
             0.0
         } else {
             self.options.step_overhead_s
@@ -359,6 +363,17 @@ mod tests {
         let r = 0..4;
         let uncalibrated = CostModel::new(&presets::model("Llama-3-8B").unwrap(), &slow_calls);
         assert!(uncalibrated.step_time(&g, &r, 1.0, 0.0) >= 1.0);
+        // Decode measured alone leaves compute at its default, without the overhead.
+        let decode_only = CostModel::new(&m, &slow_calls);
+        assert!(decode_only.step_time(&g, &r, 1.0, 0.0) >= 1.0);
+        m.measured.push(MeasuredStageTime {
+            device: "t4".into(),
+            layers: 4,
+            phase: Phase::Prefill,
+            batch: 1,
+            tokens: 64,
+            seconds: 0.01,
+        });
         let calibrated = CostModel::new(&m, &slow_calls);
         assert!(calibrated.step_time(&g, &r, 1.0, 0.0) < 1.0);
     }

@@ -220,6 +220,52 @@ impl CallHold {
     }
 }
 
+/// One node's side of the hold rule, the same in every executor: its mean call
+/// time and since when it could have started its next call.
+#[derive(Debug, Clone, Default)]
+pub struct HoldClock {
+    /// Mean call time in µs (exponentially weighted); 0 before the first call.
+    mean_call_us: f64,
+    /// Since when the node has been idle with work queued.
+    ready_since_us: Option<u64>,
+}
+
+impl HoldClock {
+    /// Counts a call of `us` µs into the mean.
+    pub fn record_call(&mut self, us: u64) {
+        self.mean_call_us = if self.mean_call_us == 0.0 {
+            us as f64
+        } else {
+            0.8 * self.mean_call_us + 0.2 * us as f64
+        };
+    }
+
+    /// At `now_us`, an idle node with `queued` steps and `held` sequences:
+    /// `Some(rest)` to wait `rest` µs more, `None` to start the call now (the
+    /// clock is then ready for the next one). A clock stepped back does not
+    /// stretch the hold.
+    pub fn hold_us(
+        &mut self,
+        rule: &CallHold,
+        queued: usize,
+        held: usize,
+        now_us: u64,
+    ) -> Option<u64> {
+        let since = self.ready_since_us.map_or(now_us, |s| s.min(now_us));
+        self.ready_since_us = Some(since);
+        let rest = rule.hold_us(queued, held, now_us - since, self.mean_call_us as u64);
+        if rest.is_none() {
+            self.ready_since_us = None;
+        }
+        rest
+    }
+
+    /// Forgets the wait so far (the node lost its queue).
+    pub fn reset(&mut self) {
+        self.ready_since_us = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +318,27 @@ mod tests {
         assert_eq!(hold.hold_us(1, 0, 0, 10_000), None);
         assert_eq!(hold.hold_us(1, 8, 0, 0), None);
         assert_eq!(CallHold::NEVER.hold_us(1, 8, 0, 10_000), None);
+    }
+
+    #[test]
+    fn a_hold_clock_waits_from_when_the_node_went_idle() {
+        let rule = CallHold {
+            fraction: 0.5,
+            path_stages: 1,
+        };
+        let mut clock = HoldClock::default();
+        // No call yet: no mean, no hold.
+        assert_eq!(clock.hold_us(&rule, 1, 4, 100), None);
+        clock.record_call(10_000);
+        assert_eq!(clock.hold_us(&rule, 1, 4, 1_000), Some(5_000));
+        assert_eq!(clock.hold_us(&rule, 1, 4, 4_000), Some(2_000));
+        // The clock stepped back: counted from then, not stretched.
+        assert_eq!(clock.hold_us(&rule, 1, 4, 500), Some(5_000));
+        assert_eq!(clock.hold_us(&rule, 1, 4, 5_500), None);
+        // Ready again for the next call.
+        assert_eq!(clock.hold_us(&rule, 1, 4, 6_000), Some(5_000));
+        clock.reset();
+        assert_eq!(clock.hold_us(&rule, 4, 4, 9_000), None);
     }
 
     proptest! {

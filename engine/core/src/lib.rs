@@ -19,7 +19,7 @@ pub mod sequencer;
 pub mod stop;
 pub mod topology;
 
-pub use batch::{BatchLimits, CallHold, StepQueue};
+pub use batch::{BatchLimits, CallHold, HoldClock, StepQueue};
 pub use config::{ConfigError, SchedulerConfig};
 pub use kv::KvLedger;
 pub use request::{

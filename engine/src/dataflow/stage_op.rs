@@ -32,7 +32,7 @@ use super::metrics::EngineMetrics;
 use super::placement::{NodeSlot, Placement};
 
 pub use tokenflow_core::batch::BatchLimits;
-use tokenflow_core::batch::{CallHold, StepQueue};
+use tokenflow_core::batch::{CallHold, HoldClock, StepQueue};
 
 /// Which stage of the loop an operator runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +110,8 @@ struct NodeQueue {
     work: StepQueue<(Capability<u64>, StepMsg)>,
     outbox: Vec<(Capability<u64>, StepMsg)>,
     release_us: u64,
-    /// Mean (emulated) call time, for the hold rule; 0 before the first call.
-    mean_call_us: f64,
-    /// Since when the node could have started its next call (idle, work queued).
-    ready_since_us: Option<u64>,
+    /// The hold rule's clock (over emulated call times).
+    hold_clock: HoldClock,
 }
 
 impl NodeQueue {
@@ -130,8 +128,7 @@ impl NodeQueue {
             work: StepQueue::default(),
             outbox: Vec::new(),
             release_us: 0,
-            mean_call_us: 0.0,
-            ready_since_us: None,
+            hold_clock: HoldClock::default(),
         }
     }
 }
@@ -203,7 +200,7 @@ pub fn stage_operator<'s>(
                         }
                         q.ready.clear();
                         q.work.clear();
-                        q.ready_since_us = None;
+                        q.hold_clock.reset();
                         q.outbox.clear();
                     }
                 }
@@ -247,11 +244,7 @@ pub fn stage_operator<'s>(
                     stats.queue_len.record_us(call.queued as u64);
                     q.outbox = call.caps.into_iter().zip(batch).collect();
                     q.release_us = done.finished_us + busy_us.saturating_sub(done.compute_us);
-                    q.mean_call_us = if q.mean_call_us == 0.0 {
-                        busy_us as f64
-                    } else {
-                        0.8 * q.mean_call_us + 0.2 * busy_us as f64
-                    };
+                    q.hold_clock.record_call(busy_us);
                 }
                 for (cap, msg) in inbox.ready(now) {
                     let node = msg.route().get(route_index).copied().unwrap_or(u32::MAX);
@@ -373,19 +366,11 @@ pub fn stage_operator<'s>(
                     let Some(held) = q.kernel.as_ref().map(StageKernel::sequences_held) else {
                         continue;
                     };
-                    // A wall clock stepped back must not stretch a hold.
-                    let since = (*q.ready_since_us.get_or_insert(now)).min(now);
-                    if let Some(rest) = hold.hold_us(
-                        q.work.len(),
-                        held,
-                        now.saturating_sub(since),
-                        q.mean_call_us as u64,
-                    ) {
+                    if let Some(rest) = q.hold_clock.hold_us(&hold, q.work.len(), held, now) {
                         let t = now + rest;
                         wake = Some(wake.map_or(t, |w| w.min(t)));
                         continue;
                     }
-                    q.ready_since_us = None;
                     let Some(kernel) = q.kernel.take() else {
                         continue;
                     };

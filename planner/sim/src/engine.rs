@@ -47,7 +47,7 @@ use super::churn::ChurnEvent;
 use super::error::SimError;
 use super::spec::{ReplanPolicy, RouteCache, SimConfig};
 use super::workload::SimRequest;
-use tokenflow_core::batch::StepQueue;
+use tokenflow_core::batch::{HoldClock, StepQueue};
 use tokenflow_planner::cluster::{Cluster, ClusterSpec};
 use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::flow::max_flow;
@@ -378,10 +378,8 @@ struct NodeRt {
     batch: Vec<Item>,
     epoch: u32,
     seqs: Vec<u32>,
-    /// Mean call time (ns), for the core's hold rule; 0 before the first call.
-    mean_call_ns: f64,
-    /// Since when the node could have started its next call (idle, work queued).
-    ready_since: Option<u64>,
+    /// The core's hold rule's clock (in µs of simulated time).
+    hold_clock: HoldClock,
     /// When a hold ends (a kick is due then).
     hold_until: Option<u64>,
 }
@@ -832,7 +830,7 @@ impl<'a> Sim<'a> {
         nd.epoch = nd.epoch.wrapping_add(1);
         nd.busy = false;
         nd.queue.clear();
-        nd.ready_since = None;
+        nd.hold_clock.reset();
         nd.batch.clear();
         nd.kv_free = nd.kv_cap;
     }
@@ -1322,19 +1320,11 @@ impl<'a> Sim<'a> {
         let hold = self.inp.config.scheduler.call_hold(path_stages);
         let now = self.now;
         let nd = &mut self.nodes[node as usize];
-        if nd.queue.is_empty() {
-            nd.ready_since = None;
-            return false;
-        }
-        let since = *nd.ready_since.get_or_insert(now);
-        let rest = hold.hold_us(
-            nd.queue.len(),
-            nd.seqs.len(),
-            now.saturating_sub(since) / 1000,
-            nd.mean_call_ns as u64 / 1000,
-        );
-        let Some(rest) = rest else {
-            nd.ready_since = None;
+        let queued = nd.queue.len();
+        let Some(rest) = nd
+            .hold_clock
+            .hold_us(&hold, queued, nd.seqs.len(), now / 1000)
+        else {
             return false;
         };
         let until = now + rest * 1000;
@@ -1350,10 +1340,10 @@ impl<'a> Sim<'a> {
         if self.nodes[i].busy || !self.nodes[i].serving() {
             return;
         }
-        let limits = self.inp.config.scheduler.batch_limits();
         if self.hold(node) {
             return;
         }
+        let limits = self.inp.config.scheduler.batch_limits();
         let mut batch = std::mem::take(&mut self.nodes[i].batch);
         let seqs = &self.seqs;
         self.nodes[i].queue.take_batch_into(
@@ -1393,11 +1383,7 @@ impl<'a> Sim<'a> {
         self.groups = groups;
         self.stats.gpu_busy_s += t;
         let nd = &mut self.nodes[i];
-        nd.mean_call_ns = if nd.mean_call_ns == 0.0 {
-            to_ns(t) as f64
-        } else {
-            0.8 * nd.mean_call_ns + 0.2 * to_ns(t) as f64
-        };
+        nd.hold_clock.record_call(to_ns(t) / 1000);
         nd.batch = batch;
         nd.busy = true;
         let epoch = nd.epoch;
