@@ -616,3 +616,326 @@ fn a_failure_after_the_run_is_warned_about() {
         "{err}"
     );
 }
+
+/// Speaks the mesh handshake as process 0 of a two-process host file: reads
+/// process 1's handshake, answers with the same configuration (so process 1
+/// accepts it as its peer), then does `then` with the socket, as a peer that
+/// misbehaves only after the handshake would. Returns the port it listens on.
+fn fake_process_zero(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = [0u8; 20];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_le_bytes(head[16..20].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).unwrap();
+        let mut hello: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        hello["process"] = 0.into();
+        let body = serde_json::to_vec(&hello).unwrap();
+        let mut answer = head[..16].to_vec();
+        answer.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        answer.extend_from_slice(&body);
+        stream.write_all(&answer).unwrap();
+        then(stream);
+    });
+    port
+}
+
+/// Timely's frame header: channel, source worker, target workers, length, seqno.
+fn timely_header(channel: u64, source: u64, targets: (u64, u64), length: u64) -> Vec<u8> {
+    [channel, source, targets.0, targets.1, length, 0]
+        .iter()
+        .flat_map(|f| f.to_be_bytes())
+        .collect()
+}
+
+/// A peer that passes the handshake and then closes, or sends frames timely
+/// cannot take (for workers this process does not hold, from workers the peer
+/// does not hold, longer than any real message), ends the run at once with an
+/// error that names the peer and what it did: no panic, no hang, no memory
+/// taken for what the peer claims.
+#[test]
+fn a_peer_that_misbehaves_after_the_handshake_is_named() {
+    use std::io::Write;
+    let dir = scratch("misbehave");
+    let model = tiny(&dir);
+    type Misdeed = Box<dyn FnOnce(std::net::TcpStream) + Send>;
+    let cases: Vec<(&str, Misdeed)> = vec![
+        ("closed the connection", Box::new(drop)),
+        (
+            "sent a frame for workers 5..6, but this process holds workers 1..2",
+            Box::new(|mut s| {
+                let _ = s.write_all(&timely_header(0, 0, (5, 6), 8));
+                std::thread::sleep(Duration::from_secs(5));
+            }),
+        ),
+        (
+            "sent a frame from worker 1, but it holds workers 0..1",
+            Box::new(|mut s| {
+                let _ = s.write_all(&timely_header(0, 1, (1, 2), 8));
+                std::thread::sleep(Duration::from_secs(5));
+            }),
+        ),
+        (
+            "sent a frame of 1099511627776 bytes",
+            Box::new(|mut s| {
+                let _ = s.write_all(&timely_header(0, 0, (1, 2), 1 << 40));
+                // Then keep streaming: nothing of it may be buffered.
+                let chunk = vec![0u8; 1 << 20];
+                while s.write_all(&chunk).is_ok() {}
+            }),
+        ),
+    ];
+    for (expected, misdeed) in cases {
+        let port = fake_process_zero(misdeed);
+        let hosts = hostfile(
+            &dir,
+            &[
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{}", free_port()),
+            ],
+        );
+        let out = run_bounded(
+            &[
+                "run",
+                "--model",
+                &model,
+                "--stages",
+                "0..3,3..6",
+                "--hostfile",
+                hosts.to_str().unwrap(),
+                "--process",
+                "1",
+                "--connect-timeout",
+                "20s",
+            ],
+            Duration::from_secs(60),
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{expected}: {err}");
+        assert!(
+            err.contains(&format!("process 0 at 127.0.0.1:{port} {expected}")),
+            "{expected}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{expected}: {err}");
+    }
+}
+
+/// SIGKILL of one process in the middle of a run: the other stops within a
+/// bounded time with an error naming the dead process (timely cannot lose a
+/// member), and what the token log accepted before the death is kept: a
+/// resume from it gives the answers of a run without the death, each token
+/// logged once.
+#[test]
+fn a_killed_process_ends_the_run_naming_it_and_the_log_resumes() {
+    let dir = scratch("killed-peer");
+    let model = tiny(&dir);
+    let prompts = [
+        "the cat",
+        "a dog",
+        "once upon",
+        "in the",
+        "it was",
+        "we are",
+        "so far",
+        "up high",
+    ];
+    let mut base: Vec<String> = [
+        "run",
+        "--model",
+        &model,
+        "--max-tokens",
+        "400",
+        "--ignore-eos",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in prompts {
+        base.extend(["--prompt".to_string(), p.to_string()]);
+    }
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a = base.clone();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let clean = dir.join("clean.json");
+    let clean_args = args(&["--tokens-json", clean.to_str().unwrap()]);
+    let refs: Vec<&str> = clean_args.iter().map(String::as_str).collect();
+    let out = run_bounded(&refs, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let p1_port = free_port();
+    let hosts = hostfile(
+        &dir,
+        &[
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{p1_port}"),
+        ],
+    );
+    let log = dir.join("tokens.log");
+    let h = hosts.to_str().unwrap();
+    let cluster = [
+        "--stages",
+        "0..3,3..6",
+        "--hostfile",
+        h,
+        "--connect-timeout",
+        "20s",
+    ];
+    let mut a0 = args(&cluster);
+    a0.extend(["--process", "0", "--token-log", log.to_str().unwrap()].map(String::from));
+    let mut a1 = args(&cluster);
+    a1.extend(["--process", "1"].map(String::from));
+    let p0 = spawn(&a0.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut p1 = spawn(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let tokens_logged = || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().filter(|l| l.starts_with("{\"Token\"")).count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while tokens_logged() < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the cluster logged no tokens"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p1.kill().unwrap();
+    let _ = p1.wait();
+    let logged_at_kill = tokens_logged();
+    eprintln!(
+        "killed process 1 after {:?}, {logged_at_kill} tokens logged",
+        start.elapsed()
+    );
+    assert!(
+        logged_at_kill < prompts.len() * 400,
+        "the run ended before the kill"
+    );
+    let out = wait_bounded(p0, Duration::from_secs(30), "the surviving process");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("process 1 at 127.0.0.1:{p1_port}")) && err.contains("resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    eprintln!("{err}");
+
+    let resumed = dir.join("resumed.json");
+    let resume_args = args(&[
+        "--tokens-json",
+        resumed.to_str().unwrap(),
+        "--token-log",
+        log.to_str().unwrap(),
+        "--resume",
+    ]);
+    let refs: Vec<&str> = resume_args.iter().map(String::as_str).collect();
+    let out = run_bounded(&refs, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&resumed).unwrap(),
+        std::fs::read_to_string(&clean).unwrap()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("{\"Token\"")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["Token"]["seq"].as_u64().unwrap(),
+            v["Token"]["index"].as_u64().unwrap(),
+        );
+        assert!(seen.insert(key), "token {key:?} logged twice");
+    }
+    assert_eq!(seen.len(), prompts.len() * 400);
+}
+
+/// A process that stops (SIGSTOP: its sockets stay open, so no read ever
+/// fails) is taken for hung once it has sent nothing for `--connect-timeout`:
+/// the other ends the run naming it instead of waiting forever, and the
+/// stopped one, let go again, ends too.
+#[test]
+fn a_stopped_process_is_named_after_the_silence_limit() {
+    let dir = scratch("stopped-peer");
+    let model = tiny(&dir);
+    let p1_port = free_port();
+    let hosts = hostfile(
+        &dir,
+        &[
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{p1_port}"),
+        ],
+    );
+    let log = dir.join("tokens.log");
+    let h = hosts.to_str().unwrap();
+    let args = |process: &'static str| {
+        let mut a = vec![
+            "run",
+            "--model",
+            &model,
+            "--max-tokens",
+            "400",
+            "--ignore-eos",
+            "--prompt",
+            "the cat",
+            "--prompt",
+            "a dog",
+            "--stages",
+            "0..3,3..6",
+            "--hostfile",
+            h,
+            "--connect-timeout",
+            "2s",
+            "--process",
+            process,
+        ];
+        if process == "0" {
+            a.extend(["--token-log", log.to_str().unwrap()]);
+        }
+        a
+    };
+    let p0 = spawn(&args("0"));
+    let p1 = spawn(&args("1"));
+    let start = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no tokens logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &p1.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    let out = wait_bounded(
+        p0,
+        Duration::from_secs(30),
+        "the process beside a stopped one",
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "process 1 at 127.0.0.1:{p1_port} neither sent anything nor answered a probe for 2s"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "named before its limit"
+    );
+    signal("-CONT");
+    let out = wait_bounded(p1, Duration::from_secs(30), "the stopped process, let go");
+    assert!(!out.status.success(), "{}", stderr(&out));
+}

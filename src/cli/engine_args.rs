@@ -66,7 +66,9 @@ pub struct EngineArgs {
     #[arg(long, requires = "hostfile")]
     pub process: Option<usize>,
     /// How long a process waits for the others of the hostfile to connect
-    /// (e.g. `30s`) before it stops, naming the missing one.
+    /// (e.g. `30s`) before it stops, naming the missing one; also how long a
+    /// connected process may send nothing (stopped, hung) before the run
+    /// ends naming it.
     #[arg(long, default_value = "60s")]
     pub connect_timeout: String,
     /// Do not emulate link delays and GPU speeds of the cluster file.

@@ -70,7 +70,9 @@ pub struct EngineOptions {
     /// Start of the failure schedule (µs since the epoch); `None`: when the dataflow is built.
     pub failures_start_us: Option<u64>,
     /// How long a process of a timely cluster waits for its peers to connect
-    /// (and answer the handshake) before it gives up naming the missing one.
+    /// (and answer the handshake) before it gives up naming the missing one;
+    /// also how long a connected peer may stay silent during the run before
+    /// it is taken for stopped or hung and the run ends naming it.
     pub connect_timeout: Duration,
     /// Where `run` appends its durable token log (none: no log).
     pub token_log: Option<PathBuf>,

@@ -65,6 +65,20 @@ pub enum EngineError {
     /// Timely could not start or a worker failed.
     #[error("timely: {0}")]
     Timely(String),
+    /// Another process of the cluster died, closed its connection or sent
+    /// malformed data during the run (timely cannot lose a member: the run
+    /// stops; what the token log holds survives for a resume).
+    #[error(
+        "process {process} at {address} {cause}; the cluster cannot go on without it (resume from the token log)"
+    )]
+    Peer {
+        /// The peer's process index.
+        process: usize,
+        /// Its address.
+        address: String,
+        /// What happened on the link.
+        cause: String,
+    },
     /// The processes of a cluster could not be connected, or disagree.
     #[error(transparent)]
     Mesh(#[from] super::mesh::MeshError),

@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 
 /// First bytes of every handshake: "tokenflow mesh, handshake version 1".
 const MAGIC: &[u8; 16] = b"TOKENFLOW-MESH01";
+/// First bytes of a liveness probe (see [`crate::dataflow::peer_stream`]): a
+/// process answers [`PROBE_ANSWER`] on its mesh address for as long as its run
+/// lasts, so that a peer can tell a live but quiet process from a stopped one.
+pub const PROBE_MAGIC: &[u8; 16] = b"TOKENFLOW-PROBE1";
+/// The answer to a liveness probe.
+pub const PROBE_ANSWER: &[u8; 2] = b"OK";
 /// Largest handshake body accepted (a fingerprint is a few hundred bytes).
 const MAX_HELLO: u32 = 64 * 1024;
 /// How long a connected peer may take to send its handshake.
@@ -221,15 +227,38 @@ fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
     serde_json::from_slice(&body).map_err(|e| format!("its handshake is not readable: {e}"))
 }
 
+/// A formed mesh: the checked streams and this process's listener (kept, to
+/// answer liveness probes during the run).
+#[derive(Debug)]
+pub struct ConnectedMesh {
+    /// One stream per process in host order (`None` at this process), ready
+    /// for timely.
+    pub streams: Vec<Option<TcpStream>>,
+    /// The listener on this process's host-file address.
+    pub listener: TcpListener,
+}
+
+/// Answers a liveness probe if that is what `stream` carries; `true` if it did.
+fn answered_probe(stream: &mut TcpStream) -> bool {
+    let mut head = [0u8; 16];
+    match stream.peek(&mut head) {
+        Ok(16) if &head == PROBE_MAGIC => {
+            let _ = stream.read_exact(&mut head);
+            let _ = stream.write_all(PROBE_ANSWER);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Connects process `process` of `hosts` to every other, checking each peer's
-/// handshake against `fingerprint`, within `deadline`. Returns one stream per
-/// process in host order (`None` at `process`), ready for timely.
+/// handshake against `fingerprint`, within `deadline`.
 pub fn connect_mesh(
     hosts: &[String],
     process: usize,
     fingerprint: &Fingerprint,
     deadline: Duration,
-) -> Result<Vec<Option<TcpStream>>, MeshError> {
+) -> Result<ConnectedMesh, MeshError> {
     let start = Instant::now();
     let hello = Hello {
         process,
@@ -302,6 +331,10 @@ pub fn connect_mesh(
             Ok((mut stream, from)) => {
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+                // A peer whose mesh is complete already probes our liveness.
+                if answered_probe(&mut stream) {
+                    continue;
+                }
                 // A stranger (a port scan, a stale client) is not a peer: drop it
                 // and keep waiting; the deadline bounds the wait.
                 let theirs = match read_hello(&mut stream) {
@@ -356,7 +389,42 @@ pub fn connect_mesh(
         let _ = stream.set_read_timeout(None);
         let _ = stream.set_nodelay(true);
     }
-    Ok(streams)
+    Ok(ConnectedMesh { streams, listener })
+}
+
+/// Answers liveness probes on `listener` until `alive` says the run is over
+/// (then the listener is dropped and its port freed). Anything else that
+/// connects is closed.
+pub fn answer_probes(listener: TcpListener, alive: impl Fn() -> bool + Send + 'static) {
+    let _ = listener.set_nonblocking(true);
+    let _ = std::thread::Builder::new()
+        .name("tokenflow:probe-answer".into())
+        .spawn(move || {
+            while alive() {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                        answered_probe(&mut stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+}
+
+/// Probes the liveness of the process listening at `address`: `true` if it
+/// answered within `timeout`.
+pub fn probe(address: &str, timeout: Duration) -> bool {
+    let Ok(mut stream) = connect_once(address, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let mut answer = [0u8; 2];
+    stream.write_all(PROBE_MAGIC).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer == PROBE_ANSWER
 }
 
 fn connect_once(address: &str, timeout: Duration) -> std::io::Result<TcpStream> {
@@ -428,7 +496,7 @@ mod tests {
             })
             .collect();
         for (p, h) in handles.into_iter().enumerate() {
-            let streams = h.join().unwrap().unwrap();
+            let streams = h.join().unwrap().unwrap().streams;
             assert_eq!(streams.iter().filter(|s| s.is_some()).count(), 2);
             assert!(streams[p].is_none());
         }
@@ -489,5 +557,32 @@ mod tests {
         drop(stranger);
         connect_mesh(&hosts, 1, &print("a"), Duration::from_secs(10)).unwrap();
         waiting.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_probe_is_answered_while_alive_and_not_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = alive.clone();
+        answer_probes(listener, move || {
+            flag.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        assert!(probe(&address, Duration::from_secs(5)));
+        // A stranger is closed without an answer and does not stop the answers.
+        let mut stranger = TcpStream::connect(&address).unwrap();
+        stranger.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(probe(&address, Duration::from_secs(5)));
+        alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        let start = Instant::now();
+        while probe(&address, Duration::from_millis(200)) {
+            assert!(start.elapsed() < Duration::from_secs(5), "still answering");
+        }
+        // A listener that accepts but never answers is not alive either.
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!probe(
+            &mute.local_addr().unwrap().to_string(),
+            Duration::from_millis(200)
+        ));
     }
 }

@@ -18,6 +18,7 @@ pub mod live;
 pub mod mesh;
 pub mod message;
 pub mod metrics;
+pub mod peer_stream;
 pub mod placement;
 pub mod runner;
 pub mod sampler_op;

@@ -20,8 +20,9 @@ use super::builder::{EngineOptions, InferenceDataflow};
 use super::durable_log::{DurableLogWriter, LogError, LogRecord};
 use super::error::{EngineError, RequestError};
 use super::live::{LiveIntake, MetricsBoard};
-use super::mesh::{Fingerprint, connect_mesh, model_fingerprint_bytes};
+use super::mesh::{Fingerprint, answer_probes, connect_mesh, model_fingerprint_bytes};
 use super::metrics::EngineMetrics;
+use super::peer_stream::{PeerFaults, PeerStream, quiet_network_panics};
 use super::sequencer::{ClientMsg, EngineEvent, RequestTiming, Submission};
 use crate::request::{FinishReason, Request, TokenLog};
 
@@ -259,6 +260,7 @@ fn run_with(
             board.as_deref(),
         )
     };
+    let peer_faults = Arc::new(PeerFaults::default());
     let guards = match &spec.communication {
         Communication::Cluster {
             workers,
@@ -273,8 +275,11 @@ fn run_with(
                 *workers,
                 hosts,
             )?;
-            let sockets =
-                connect_mesh(hosts, *process, &fingerprint, spec.options.connect_timeout)?;
+            let mesh = connect_mesh(hosts, *process, &fingerprint, spec.options.connect_timeout)?;
+            let sockets = watch_peers(mesh.streams, *process, hosts, *workers, &peer_faults)?;
+            let run_lasts = Arc::downgrade(&peer_faults);
+            answer_probes(mesh.listener, move || run_lasts.strong_count() > 0);
+            peer_faults.watch_silence(spec.options.connect_timeout);
             let hooks = timely::communication::Hooks::default();
             let local = ProcessBuilder::new_typed_vector(
                 *workers,
@@ -293,13 +298,35 @@ fn run_with(
     }
     .map_err(EngineError::Timely)?;
     let mut first = None;
-    for result in guards.join() {
+    let mut failure = None;
+    // Timely joins its network threads when the guards drop and panics if one
+    // of them did (as they do, fail-stop, on a broken link): that panic is
+    // caught here and reported as the link's fault below.
+    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
+        .unwrap_or_else(|_| {
+            vec![Err(
+                "a network thread failed (timely stops the whole cluster)".to_string(),
+            )]
+        });
+    for result in results {
         match result {
             Ok(Ok(Some(outcome))) => first = Some(outcome),
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(EngineError::Timely(e)),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(EngineError::Timely(e))),
         }
+    }
+    // A broken link poisons timely's queues and every worker fails after it:
+    // the link's own fault is the cause worth reporting.
+    if let Some(fault) = peer_faults.first() {
+        return Err(EngineError::Peer {
+            process: fault.process,
+            address: fault.address,
+            cause: fault.cause,
+        });
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(first.map(|(finished, refused, metrics, wall)| RunOutcome {
         finished,
@@ -308,6 +335,30 @@ fn run_with(
         placement: placement_table,
         wall,
     }))
+}
+
+/// Wraps the mesh's checked sockets for timely's network threads (see
+/// [`super::peer_stream`]), all sharing `faults`.
+fn watch_peers(
+    sockets: Vec<Option<std::net::TcpStream>>,
+    process: usize,
+    hosts: &[String],
+    workers: usize,
+    faults: &Arc<PeerFaults>,
+) -> Result<Vec<Option<PeerStream>>, EngineError> {
+    quiet_network_panics();
+    sockets
+        .into_iter()
+        .enumerate()
+        .map(|(peer, socket)| {
+            socket
+                .map(|s| PeerStream::new(s, process, peer, &hosts[peer], workers, faults))
+                .transpose()
+                .map_err(|e| {
+                    EngineError::Timely(format!("watching the link to process {peer}: {e}"))
+                })
+        })
+        .collect()
 }
 
 type WorkerResult = (
