@@ -128,6 +128,8 @@ fn nonsense_options_are_refused_by_name() {
         ),
         ("run --model {m} --suspect-ms 10", "--suspect-ms"),
         ("run --model {m} --workers 0", "--workers"),
+        ("run --model {m} --workers 100000", "--workers"),
+        ("run --model {m} --stop=", "--stop"),
         ("run --model {m} --token-budget 0", "--token-budget"),
         (
             "run --model {m} --max-prefill-chunk 1024",

@@ -57,7 +57,7 @@ pub struct EngineArgs {
     #[arg(long, default_value = "min-latency")]
     pub router: String,
     /// Timely worker threads (per process).
-    #[arg(long, short = 'w', default_value_t = 1, value_parser = positive_usize)]
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = worker_count)]
     pub workers: usize,
     /// Hostfile of a timely cluster: one `host:port` per process.
     #[arg(long, requires = "process")]
@@ -148,6 +148,21 @@ pub fn positive_usize(text: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(format!("`{text}` is not a whole number ({e})")),
     }
+}
+
+/// Most worker threads per process: timely starts one thread per worker,
+/// and past this a run spends its time starting threads, not computing.
+pub const MAX_WORKERS: usize = 1024;
+
+/// A worker count in 1..=[`MAX_WORKERS`] (`--workers`).
+pub fn worker_count(text: &str) -> Result<usize, String> {
+    let n = positive_usize(text)?;
+    if n > MAX_WORKERS {
+        return Err(format!(
+            "{n} is more than {MAX_WORKERS} (timely runs one thread per worker; a node's compute uses its own threads)"
+        ));
+    }
+    Ok(n)
 }
 
 /// A share in (0, 1] (`--memory-fraction`).

@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Stop when the output contains this text (repeatable).
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty_text)]
     pub stop: Vec<String>,
     /// Folder for `.hgrm` files, latency JSON/CSV, metrics JSON and a latency plot.
     #[arg(long)]
@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// prompts it never logged, as after a kill mid-submission, are started).
     #[arg(long, requires = "token_log")]
     pub resume: bool,
+}
+
+/// A text option that means nothing when empty (`--stop ''` would match
+/// before the first token).
+fn non_empty_text(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(text.to_string())
 }
 
 /// Runs `tokenflow run`.
