@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokenflow_engine::Request;
 use tokenflow_engine::dataflow::{
-    Arrivals, Communication, EngineOptions, FailureSchedule, PlacementOptions, RequestError,
-    RouterChoice, RunOutcome, RunSpec, SchedulerConfig, run,
+    Arrivals, Communication, EngineOptions, FailureSchedule, NoPathReason, PlacementOptions,
+    RequestError, RouterChoice, RunOutcome, RunSpec, SchedulerConfig, run,
 };
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::SamplingParams;
@@ -293,7 +293,7 @@ fn when_no_node_can_take_the_stage_requests_fail_naming_the_missing_memory() {
     assert_eq!(outcome.refused.len(), 2, "{:?}", outcome.refused);
     for (_, e) in &outcome.refused {
         assert!(
-            matches!(e, RequestError::NoPath { reason, .. } if reason.contains("stage 1") && reason.contains("MB missing")),
+            matches!(e, RequestError::NoPath { reason: NoPathReason::StageDown { stage: 1, repair: Some(r), .. }, .. } if r.contains("MB missing")),
             "{e}"
         );
     }

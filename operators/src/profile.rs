@@ -34,6 +34,7 @@ pub fn static_profile(name: &str, config: &LlamaConfig) -> ModelProfile {
         head_flops_per_token: 2.0 * (h * config.vocab_size as u64) as f64,
         layers,
         measured: Vec::new(),
+        context_length: u32::try_from(config.context_length).ok(),
     }
 }
 

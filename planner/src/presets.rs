@@ -25,6 +25,8 @@ pub struct LlamaShape {
     pub dtype_bytes: u32,
     /// How the weights are stored (activations and KV stay at `dtype_bytes`).
     pub format: WeightFormat,
+    /// Context length (`max_position_embeddings` of `config.json`).
+    pub context: u32,
 }
 
 /// The storage of a preset's weight matrices.
@@ -112,6 +114,7 @@ impl LlamaShape {
             tied_embeddings: false,
             layers: (0..n).map(layer).collect(),
             measured: Vec::new(),
+            context_length: Some(self.context),
         }
     }
 }
@@ -131,6 +134,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             vocab: 32000,
             dtype_bytes: 2,
             format: WeightFormat::Dense,
+            context: 4096,
         },
     ),
     // meta-llama/Meta-Llama-3-8B config.json: 32 layers, hidden 4096, intermediate 14336,
@@ -146,6 +150,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             vocab: 128256,
             dtype_bytes: 2,
             format: WeightFormat::Dense,
+            context: 8192,
         },
     ),
     // LLaMA-1 30B (a.k.a. 33B), Touvron et al. 2023 table 2 and the HF conversion's
@@ -161,6 +166,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             vocab: 32000,
             dtype_bytes: 2,
             format: WeightFormat::Dense,
+            context: 2048,
         },
     ),
     // The same shapes as GGUF files quantized by llama.cpp to Q4_K_M, the most
@@ -176,6 +182,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             vocab: 32000,
             dtype_bytes: 2,
             format: WeightFormat::Q4KM,
+            context: 4096,
         },
     ),
     (
@@ -189,6 +196,7 @@ pub const PRESETS: &[(&str, LlamaShape)] = &[
             vocab: 128256,
             dtype_bytes: 2,
             format: WeightFormat::Q4KM,
+            context: 8192,
         },
     ),
 ];

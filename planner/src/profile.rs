@@ -69,9 +69,26 @@ pub struct ModelProfile {
     /// Stage times measured on real hardware, if any.
     #[serde(default)]
     pub measured: Vec<MeasuredStageTime>,
+    /// Longest sequence (prompt and output) the model takes: the engine ends a
+    /// sequence there, so no more KV is ever held for one. `None` (profile
+    /// files written before this field) means unbounded.
+    #[serde(default)]
+    pub context_length: Option<u32>,
 }
 
 impl ModelProfile {
+    /// The tokens a request of `prompt` prompt tokens and `output` output
+    /// tokens really generates: `None` when the prompt leaves no room in the
+    /// context (the engine refuses it), otherwise the output cut to what fits,
+    /// as the engine's context stop rule cuts it.
+    pub fn fit_to_context(&self, prompt: u32, output: u32) -> Option<u32> {
+        match self.context_length {
+            Some(c) if prompt >= c => None,
+            Some(c) => Some(output.min(c - prompt)),
+            None => Some(output),
+        }
+    }
+
     /// Number of transformer blocks.
     pub fn num_layers(&self) -> usize {
         self.layers.len()

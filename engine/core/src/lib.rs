@@ -23,7 +23,8 @@ pub use batch::{BatchLimits, CallHold, HoldClock, StepQueue};
 pub use config::{ConfigError, SchedulerConfig};
 pub use kv::KvLedger;
 pub use request::{
-    FinishReason, Request, RequestError, RequestTiming, SeqId, Submission, TokenLog,
+    FinishReason, NoPathReason, Request, RequestError, RequestTiming, SeqId, StepFailure,
+    Submission, TokenLog,
 };
 pub use sampling::{SamplingError, SamplingField, SamplingParams};
 pub use sequencer::{Command, Feedback, SeqState, Sequencer, SequencerEvent, Step};

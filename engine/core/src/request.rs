@@ -162,21 +162,25 @@ pub enum RequestError {
         /// The sequence.
         seq: SeqId,
     },
-    /// No path through the plan exists (every replica of a stage down).
-    #[error("request {seq}: no path: {reason}")]
+    /// No path through the plan exists (every replica of a stage down), or
+    /// none had KV room while nothing in flight could free some.
+    #[error("request {seq}: no path: {reason}{}", waited_us.map_or(String::new(), |w| format!(" (waited {:.1} s for a path)", w as f64 / 1e6)))]
     NoPath {
         /// The sequence.
         seq: SeqId,
-        /// The router's reason.
-        reason: String,
+        /// Why.
+        reason: NoPathReason,
+        /// How long the sequence waited for a path (a restart waits up to the
+        /// stall timeout), if it did.
+        waited_us: Option<u64>,
     },
     /// A stage failed running the sequence.
-    #[error("request {seq} failed on a stage: {reason}")]
+    #[error("request {seq} failed on a stage: {failure}")]
     StageFailed {
         /// The sequence.
         seq: SeqId,
-        /// The stage's error.
-        reason: String,
+        /// What failed.
+        failure: StepFailure,
     },
     /// The client withdrew the request before it finished.
     #[error("request {seq} cancelled")]
@@ -199,4 +203,56 @@ impl RequestError {
             | RequestError::Cancelled { seq } => *seq,
         }
     }
+}
+
+/// Why a stage could not run a step: the sequence ends with it (the other
+/// sequences of the batch go on; each step is retried alone first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StepFailure {
+    /// The stage's kernel refused the step (its error, in words: the kernel's
+    /// error types live below the core and do not cross processes).
+    #[error("{stage}: {message}")]
+    Kernel {
+        /// The stage's role (`embed`, `blocks 0..10`, `head`, `sampler`).
+        stage: String,
+        /// The kernel's error.
+        message: String,
+    },
+    /// The stage call panicked; the worker caught it.
+    #[error("the stage call panicked")]
+    Panicked,
+    /// The worker's compute thread is gone.
+    #[error("the compute thread of the worker is gone")]
+    ComputeGone,
+    /// The step reached a worker that holds no replica of the node its route
+    /// names (a route built from a stale plan).
+    #[error("{stage}: no replica of node {node} on this worker")]
+    NoReplica {
+        /// The stage's role.
+        stage: String,
+        /// The node of the route.
+        node: u32,
+    },
+    /// A step came back to the sequencer without a token or a chunk done.
+    #[error("a step came back unfinished")]
+    Unfinished,
+}
+
+/// Why no path could take a sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NoPathReason {
+    /// Every replica of a stage is down (and re-planning it, if tried, failed).
+    #[error("every replica of stage {stage} is down ({router}){}", repair.as_ref().map_or(String::new(), |r| format!("; re-planning failed: {r}")))]
+    StageDown {
+        /// The stage.
+        stage: usize,
+        /// What the router said.
+        router: String,
+        /// Why the stage could not be re-planned onto another node.
+        repair: Option<String>,
+    },
+    /// Every path is alive but none has KV room for the sequence, and nothing
+    /// in flight will free any.
+    #[error("no path has KV room")]
+    NoKvRoom,
 }

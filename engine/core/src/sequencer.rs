@@ -34,7 +34,10 @@ use crate::config::{ConfigError, SchedulerConfig};
 use crate::detector::{FailureDetector, NodeChange};
 use crate::kv::{KvLedger, Reservation};
 use crate::request::Request;
-use crate::request::{FinishReason, RequestError, RequestTiming, SeqId, Submission, TokenLog};
+use crate::request::{
+    FinishReason, NoPathReason, RequestError, RequestTiming, SeqId, StepFailure, Submission,
+    TokenLog,
+};
 use crate::sampling::SamplingParams;
 use crate::stop::{Detokenize, stop_reason};
 use crate::topology::Topology;
@@ -102,8 +105,8 @@ pub enum Feedback {
         seq: SeqId,
         /// The attempt the step belonged to.
         attempt: u32,
-        /// The stage's error.
-        reason: String,
+        /// What failed.
+        failure: StepFailure,
     },
     /// A stage no longer holds the sequence's state (its node restarted): it
     /// restarts from its token log.
@@ -629,12 +632,12 @@ impl Sequencer {
                     ))),
                 }
             }
-            Feedback::Failed { reason, .. } => {
+            Feedback::Failed { failure, .. } => {
                 seq.state = SeqState::Releasing;
                 self.counters.failed += 1;
                 out.push(Command::Event(SequencerEvent::Refused {
                     seq: id,
-                    error: RequestError::StageFailed { seq: id, reason },
+                    error: RequestError::StageFailed { seq: id, failure },
                 }));
                 out.push(Self::release(seq));
             }
@@ -668,7 +671,7 @@ impl Sequencer {
 
     /// A path with KV room for a sequence of `tokens` tokens over live nodes:
     /// `Ok(None)` when every path is full or down for now.
-    fn find_route(&mut self, tokens: usize) -> Result<RouteFound, String> {
+    fn find_route(&mut self, tokens: usize) -> Result<RouteFound, NoPathReason> {
         let stages = self.topology.num_stages();
         let need: Vec<u64> = (0..stages)
             .map(|s| self.topology.kv_bytes(s, tokens))
@@ -691,13 +694,11 @@ impl Sequencer {
             Err(e) => {
                 // No path now; it is an error only when no replica of a stage is alive.
                 return match self.dead_stage() {
-                    Some(s) => {
-                        let why = self
-                            .repair_errors
-                            .get(&s)
-                            .map_or(String::new(), |r| format!("; re-planning failed: {r}"));
-                        Err(format!("{e}; every replica of stage {s} is down{why}"))
-                    }
+                    Some(s) => Err(NoPathReason::StageDown {
+                        stage: s,
+                        router: e.to_string(),
+                        repair: self.repair_errors.get(&s).cloned(),
+                    }),
                     None => Ok(None),
                 };
             }
@@ -900,14 +901,18 @@ impl Sequencer {
                     // Nothing in flight will free room or bring a node back: it can never start.
                     let reason = match result {
                         Err(e) => e,
-                        _ => "no path has KV room".to_string(),
+                        _ => NoPathReason::NoKvRoom,
                     };
                     self.waiting.pop_front();
                     self.seqs.remove(&id);
                     self.counters.failed += 1;
                     out.push(Command::Event(SequencerEvent::Refused {
                         seq: id,
-                        error: RequestError::NoPath { seq: id, reason },
+                        error: RequestError::NoPath {
+                            seq: id,
+                            reason,
+                            waited_us: None,
+                        },
                     }));
                     continue;
                 }
@@ -985,17 +990,15 @@ impl Sequencer {
                 result if now_us.saturating_sub(since) > self.config.stall_timeout_us() => {
                     let reason = match result {
                         Err(e) => e,
-                        _ => "no path with KV room".into(),
+                        _ => NoPathReason::NoKvRoom,
                     };
                     self.counters.failed += 1;
                     out.push(Command::Event(SequencerEvent::Refused {
                         seq: id,
                         error: RequestError::NoPath {
                             seq: id,
-                            reason: format!(
-                                "{reason} (waited {:.1} s for a path)",
-                                (now_us - since) as f64 / 1e6
-                            ),
+                            reason,
+                            waited_us: Some(now_us - since),
                         },
                     }));
                     // Nothing is reserved: the sequence is done.

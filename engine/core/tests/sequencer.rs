@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokenflow_core::sequencer::LatencyMetric;
 use tokenflow_core::{
-    Command, Feedback, FinishReason, Request, RequestError, RouterChoice, SchedulerConfig,
-    SeqState, Sequencer, SequencerEvent, Step, Submission, Topology,
+    Command, Feedback, FinishReason, NoPathReason, Request, RequestError, RouterChoice,
+    SchedulerConfig, SeqState, Sequencer, SequencerEvent, Step, StepFailure, Submission, Topology,
 };
 use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::{Cluster, Plan, PlanOptions, presets};
@@ -595,7 +595,21 @@ fn a_sequence_with_no_path_fails_after_the_stall_timeout() {
     let out = heartbeats(&mut s, 10_000, 600_000, &[2]);
     let ev = events(&out);
     assert!(
-        matches!(&ev[..], [SequencerEvent::Refused { seq: 1, error: RequestError::NoPath { reason, .. } }] if reason.contains("waited")),
+        matches!(
+            &ev[..],
+            [SequencerEvent::Refused {
+                seq: 1,
+                error: RequestError::NoPath {
+                    reason: NoPathReason::StageDown {
+                        stage: 1,
+                        repair: Some(_),
+                        ..
+                    },
+                    waited_us: Some(_),
+                    ..
+                }
+            }]
+        ),
         "{ev:?}"
     );
     // The old path's release still comes back and frees the room.
@@ -624,7 +638,7 @@ fn a_stage_failure_ends_only_its_sequence() {
         Feedback::Failed {
             seq: 1,
             attempt: 0,
-            reason: "boom".into(),
+            failure: StepFailure::Panicked,
         },
         1,
     );

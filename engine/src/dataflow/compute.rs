@@ -15,6 +15,7 @@ use tokenflow_operators::kv_cache::KvError;
 use super::clock::now_us;
 use super::kernel::StageKernel;
 use super::message::{Payload, StepMsg};
+use tokenflow_core::StepFailure;
 
 /// One stage call: a node's kernel and its batch, handed to the compute thread.
 pub struct ComputeJob {
@@ -70,7 +71,7 @@ impl ComputeThread {
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             job.kernel.clear()
                         }));
-                        fail_all(&mut job.batch, "the stage call panicked");
+                        fail_all(&mut job.batch, StepFailure::Panicked);
                     }
                     let done = ComputeDone {
                         node: job.node,
@@ -99,7 +100,7 @@ impl ComputeThread {
             return;
         };
         if let Err(crossbeam_channel::SendError(mut job)) = jobs.send(job) {
-            fail_all(&mut job.batch, "the compute thread of this worker is gone");
+            fail_all(&mut job.batch, StepFailure::ComputeGone);
             let done = ComputeDone {
                 node: job.node,
                 kernel: job.kernel,
@@ -123,9 +124,9 @@ impl Drop for ComputeThread {
     }
 }
 
-fn fail_all(batch: &mut [StepMsg], why: &str) {
+fn fail_all(batch: &mut [StepMsg], why: StepFailure) {
     for msg in batch {
-        msg.payload = Payload::Failed(why.into());
+        msg.payload = Payload::Failed(why.clone());
     }
 }
 
@@ -140,10 +141,13 @@ fn run_batch(kernel: &mut StageKernel, batch: &mut [StepMsg], hidden: usize) {
         match kernel.run(std::slice::from_mut(msg), hidden) {
             Ok(()) => {}
             // The stage no longer holds the sequence (its node restarted): rebuild it.
-            Err(e @ StageError::Kv(KvError::PositionMismatch { .. })) => {
-                msg.payload = Payload::Lost(e.to_string())
+            Err(StageError::Kv(KvError::PositionMismatch { .. })) => msg.payload = Payload::Lost,
+            Err(e) => {
+                msg.payload = Payload::Failed(StepFailure::Kernel {
+                    stage: kernel.role_name(),
+                    message: e.to_string(),
+                })
             }
-            Err(e) => msg.payload = Payload::Failed(e.to_string()),
         }
     }
 }

@@ -35,7 +35,7 @@ pub enum PlacementError {
     },
 }
 
-pub use tokenflow_core::RequestError;
+pub use tokenflow_core::{NoPathReason, RequestError, StepFailure};
 
 /// Errors of setting up or running the engine.
 #[derive(Debug, Error)]

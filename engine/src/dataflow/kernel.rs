@@ -61,6 +61,18 @@ pub enum StageKernel {
 }
 
 impl StageKernel {
+    /// What the stage computes, for errors (`embed`, `blocks 0..10`, `head`).
+    pub fn role_name(&self) -> String {
+        match self {
+            StageKernel::Embed(_) => "embed".into(),
+            StageKernel::Blocks(b) => {
+                let l = b.layers();
+                format!("blocks {}..{}", l.start, l.end)
+            }
+            StageKernel::Head(_) => "head".into(),
+        }
+    }
+
     /// Runs `batch` through the stage as one call, replacing each payload.
     ///
     /// On error nothing of the batch was applied (KV admission is all-or-nothing).
@@ -165,7 +177,7 @@ fn mismatch(seq: SeqId, want: &str, got: &Payload) -> StageError {
         Payload::ChunkDone => "a finished chunk",
         Payload::Sampled(_) => "a sampled token",
         Payload::Failed(_) => "a failure",
-        Payload::Lost(_) => "a lost sequence",
+        Payload::Lost => "a lost sequence",
     };
     StageError::BatchMismatch(format!("sequence {seq}: expected {want}, got {got}"))
 }

@@ -5,6 +5,7 @@
 //! for the other: no sentinel ids.
 
 use serde::{Deserialize, Serialize};
+use tokenflow_core::StepFailure;
 use tokenflow_operators::{SamplingParams, SeqChunk, SeqId};
 
 /// Node index meaning "no node": the client that submitted the request.
@@ -24,10 +25,10 @@ pub enum Payload {
     /// The token the sampler drew.
     Sampled(u32),
     /// A stage could not run the step; the sequence ends with this error.
-    Failed(String),
+    Failed(StepFailure),
     /// A stage no longer holds the sequence's state (its node restarted): the
     /// sequence restarts from its token log.
-    Lost(String),
+    Lost,
 }
 
 /// One step of one sequence: a prefill chunk or a decode token.

@@ -26,7 +26,7 @@ pub mod sequencer;
 pub mod stage_op;
 
 pub use builder::{EngineOptions, EngineStreams, InferenceDataflow};
-pub use error::{EngineError, PlacementError, RequestError};
+pub use error::{EngineError, NoPathReason, PlacementError, RequestError, StepFailure};
 pub use faults::{FailureSchedule, FaultSpecError, Outage};
 pub use live::{EngineClosed, LiveClient, LiveIntake, MetricsBoard, live_channel};
 pub use metrics::EngineMetrics;

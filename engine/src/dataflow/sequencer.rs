@@ -18,8 +18,8 @@ use super::clock::now_us;
 use super::message::{CLIENT, Control, ControlMsg, LoopMsg, Payload, StepMsg};
 use super::metrics::{EngineMetrics, names};
 
-use tokenflow_core::SeqId;
 pub use tokenflow_core::{RequestTiming, Submission};
+use tokenflow_core::{SeqId, StepFailure};
 
 /// What a client sends into the running dataflow: a new request, or the
 /// withdrawal of one it submitted (a closed connection, a deadline).
@@ -71,7 +71,7 @@ fn feedback_of(msg: LoopMsg) -> Option<Feedback> {
     let (seq, attempt) = (msg.seq, msg.attempt);
     let end = (msg.start + msg.len) as usize;
     Some(match msg.payload {
-        Payload::Lost(_) => Feedback::Lost { seq, attempt },
+        Payload::Lost => Feedback::Lost { seq, attempt },
         Payload::ChunkDone => Feedback::ChunkDone { seq, attempt, end },
         Payload::Sampled(token) => Feedback::Sampled {
             seq,
@@ -79,15 +79,15 @@ fn feedback_of(msg: LoopMsg) -> Option<Feedback> {
             end,
             token,
         },
-        Payload::Failed(reason) => Feedback::Failed {
+        Payload::Failed(failure) => Feedback::Failed {
             seq,
             attempt,
-            reason,
+            failure,
         },
         Payload::Tokens(_) | Payload::Hidden(_) | Payload::Logits(_) => Feedback::Failed {
             seq,
             attempt,
-            reason: "a step came back unfinished".into(),
+            failure: StepFailure::Unfinished,
         },
     })
 }

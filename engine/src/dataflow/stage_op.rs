@@ -31,6 +31,7 @@ use super::message::{Control, LoopMsg, Payload, StepMsg};
 use super::metrics::EngineMetrics;
 use super::placement::{NodeSlot, Placement};
 
+use tokenflow_core::StepFailure;
 pub use tokenflow_core::batch::BatchLimits;
 use tokenflow_core::batch::{CallHold, HoldClock, StepQueue};
 
@@ -258,10 +259,10 @@ pub fn stage_operator<'s>(
                                 None => {
                                     // No replica here: the route is wrong; the sequence
                                     // fails, nothing else does.
-                                    m.payload = Payload::Failed(format!(
-                                        "{}: no replica of node {node} on this worker",
-                                        role.name()
-                                    ));
+                                    m.payload = Payload::Failed(StepFailure::NoReplica {
+                                        stage: role.name(),
+                                        node,
+                                    });
                                     output.session(&cap).give(LoopMsg::Step(m));
                                 }
                             }
@@ -346,7 +347,7 @@ pub fn stage_operator<'s>(
                     for (cap, mut msg) in q.ready.drain(..) {
                         match msg.payload {
                             Payload::Failed(_)
-                            | Payload::Lost(_)
+                            | Payload::Lost
                             | Payload::ChunkDone
                             | Payload::Sampled(_) => {
                                 msg.from_node = node;

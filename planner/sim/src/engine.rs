@@ -1079,7 +1079,12 @@ impl<'a> Sim<'a> {
         let s = self.new_seq(req);
         let q = &mut self.seqs[s as usize];
         q.prompt = r.prompt_tokens;
-        q.output = r.output_tokens;
+        // Admission refused prompts that leave no room (see `try_admit`).
+        q.output = self
+            .inp
+            .model
+            .fit_to_context(r.prompt_tokens, r.output_tokens)
+            .unwrap_or(0);
         q.live = true;
         s
     }
@@ -1147,8 +1152,14 @@ impl<'a> Sim<'a> {
                 None => (None, self.waiting[0]),
             };
             let r = self.inp.requests[req as usize];
-            let tokens = (r.prompt_tokens + r.output_tokens) as f64;
-            if seq.is_none() && self.too_large(tokens) {
+            // KV for what the sequence can hold: the context ends it (the
+            // engine's stop rule), and a prompt filling the context is refused.
+            let output = self
+                .inp
+                .model
+                .fit_to_context(r.prompt_tokens, r.output_tokens);
+            let tokens = (r.prompt_tokens + output.unwrap_or(0)) as f64;
+            if seq.is_none() && (output.is_none() || self.too_large(tokens)) {
                 self.waiting.pop_front();
                 self.stats.rejected += 1;
                 self.outcomes[req as usize].rejected = true;
@@ -1480,8 +1491,9 @@ impl<'a> Sim<'a> {
             .record_us(metric::E2E, now.saturating_sub(arrival) / 1000);
         let slo = self.inp.config.slo;
         let ttft_ok = to_s(first.saturating_sub(arrival)) <= slo.ttft_s;
-        let itl_ok = r.output_tokens <= 1
-            || to_s(last.saturating_sub(first)) / (r.output_tokens - 1) as f64 <= slo.itl_s;
+        let output = self.seqs[s as usize].output;
+        let itl_ok =
+            output <= 1 || to_s(last.saturating_sub(first)) / (output - 1) as f64 <= slo.itl_s;
         let o = &mut self.outcomes[req];
         o.tokens = self.seqs[s as usize].generated;
         o.finished_s = Some(to_s(now));

@@ -462,6 +462,48 @@ fn oversized_requests_are_rejected_not_stuck() {
     assert!(out.requests[0].rejected);
 }
 
+/// The context ends a sequence as the engine's stop rule does (so KV is
+/// reserved for at most the context), and a prompt that fills the context is
+/// refused as the engine refuses it.
+#[test]
+fn the_context_length_cuts_outputs_and_refuses_full_prompts() {
+    let cluster = Cluster::from_toml_str(ONE_NODE).unwrap();
+    let model = presets::model("Llama-3-8B").unwrap();
+    assert_eq!(model.context_length, Some(8192));
+    let options = PlanOptions::default();
+    let plan = plan_with("even", &cluster, &model, &options).unwrap();
+    let reqs = [
+        SimRequest {
+            arrival_s: 0.0,
+            prompt_tokens: 8000,
+            output_tokens: 1000,
+        },
+        SimRequest {
+            arrival_s: 0.0,
+            prompt_tokens: 8192,
+            output_tokens: 1,
+        },
+        SimRequest {
+            arrival_s: 0.0,
+            prompt_tokens: 10,
+            output_tokens: 20,
+        },
+    ];
+    let out = simulate_plan(
+        &cluster,
+        &model,
+        &options,
+        &plan,
+        &SimConfig::default(),
+        &reqs,
+    )
+    .unwrap();
+    assert_eq!((out.stats.rejected, out.stats.completed), (1, 2));
+    assert_eq!(out.requests[0].tokens, 192);
+    assert!(out.requests[1].rejected);
+    assert_eq!(out.requests[2].tokens, 20);
+}
+
 #[test]
 fn gamma_arrivals_are_burstier_with_the_same_rate() {
     let stats = |spec: &str| {
