@@ -128,7 +128,7 @@ fn a_node_that_dies_mid_generation_loses_nothing() {
     .unwrap()
     .unwrap();
     let want = tokens(&clean);
-    assert_eq!(clean.metrics.restarts, 0);
+    assert_eq!(clean.metrics.sequencer.restarts, 0);
     // n2 serves half of stage 1; it dies 150 ms in and never returns.
     let failures = FailureSchedule::parse("n2@150ms").unwrap();
     let outcome = run(spec(&replicated(), &c, reqs, failures), None)
@@ -136,11 +136,13 @@ fn a_node_that_dies_mid_generation_loses_nothing() {
         .unwrap();
     assert_eq!(tokens(&outcome), want);
     assert!(
-        outcome.metrics.failures_detected >= 1,
+        outcome.metrics.sequencer.failures_detected >= 1,
         "{:?}",
-        outcome.metrics.failures_detected
+        outcome.metrics.sequencer.failures_detected
     );
-    assert!(outcome.metrics.restarts > 0 && outcome.metrics.recomputed_tokens > 0);
+    assert!(
+        outcome.metrics.sequencer.restarts > 0 && outcome.metrics.sequencer.recomputed_tokens > 0
+    );
     assert!(outcome.metrics.latency.contains_key("recovery"));
 }
 
@@ -163,7 +165,7 @@ fn a_node_that_restarts_between_heartbeats_loses_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(tokens(&outcome), want);
-    assert!(outcome.metrics.restarts > 0);
+    assert!(outcome.metrics.sequencer.restarts > 0);
 }
 
 #[test]
@@ -205,16 +207,16 @@ fn chaos_many_requests_random_kills_and_returns() {
         .unwrap();
     assert_eq!(outcome.finished.len(), 100);
     assert_eq!(tokens(&outcome), want);
-    assert!(outcome.metrics.restarts > 0);
-    let span = Duration::from_micros(outcome.metrics.span_us);
+    assert!(outcome.metrics.sequencer.restarts > 0);
+    let span = Duration::from_micros(outcome.metrics.sequencer.span_us);
     let injected = outages.outages.iter().filter(|o| o.down_at < span).count();
     eprintln!(
         "chaos: {injected} failures injected in {:.2} s, {} detected, {} restarts, {} tokens recomputed, {} generated",
         span.as_secs_f64(),
-        outcome.metrics.failures_detected,
-        outcome.metrics.restarts,
-        outcome.metrics.recomputed_tokens,
-        outcome.metrics.tokens
+        outcome.metrics.sequencer.failures_detected,
+        outcome.metrics.sequencer.restarts,
+        outcome.metrics.sequencer.recomputed_tokens,
+        outcome.metrics.sequencer.tokens
     );
 }
 
@@ -246,7 +248,7 @@ fn a_stage_that_loses_its_only_replica_is_replanned() {
     .unwrap();
     assert_eq!(tokens(&outcome), want);
     // At least one re-plan (a node busy loading weights may also be suspected for a while).
-    assert!(outcome.metrics.replans >= 1);
+    assert!(outcome.metrics.sequencer.replans >= 1);
     let served: Vec<&String> = outcome
         .metrics
         .stages

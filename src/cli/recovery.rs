@@ -44,7 +44,7 @@ pub fn compare(
     outcome: &RunOutcome,
 ) -> anyhow::Result<Vec<RecoveryRow>> {
     let m = &outcome.metrics;
-    let span_s = m.span_us as f64 / 1e6;
+    let span_s = m.sequencer.span_us as f64 / 1e6;
     if span_s <= 0.0 || requests.is_empty() {
         anyhow::bail!("nothing ran: no recovery cost to compare");
     }
@@ -81,7 +81,7 @@ pub fn compare(
         injected.get(node.id.as_str()).copied().unwrap_or(0.0) / span_h
     });
     let failures_seen: f64 = injected.values().sum();
-    let restarts = m.restarts as f64;
+    let restarts = m.sequencer.restarts as f64;
     let per = |x: f64, by: f64| if by > 0.0 { x / by } else { 0.0 };
     let replay_gpu_s = m.replay_gpu_s();
     Ok(vec![
@@ -98,7 +98,7 @@ pub fn compare(
         RecoveryRow {
             what: "tokens prefilled again per restart".into(),
             expected: est.known_tokens,
-            measured: per(m.recomputed_tokens as f64, restarts),
+            measured: per(m.sequencer.recomputed_tokens as f64, restarts),
         },
         RecoveryRow {
             what: "GPU-seconds per restart".into(),

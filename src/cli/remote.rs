@@ -77,7 +77,7 @@ pub fn bench(
             // A stream that stops without saying why, or for a reason other than
             // a stop rule (vLLM's `abort`), was cut short: not an answer.
             Ok(a) if !matches!(a.finish_reason.as_deref(), Some("stop" | "length")) => {
-                metrics.failed += 1;
+                metrics.sequencer.failed += 1;
                 errors += 1;
                 if errors <= 5 {
                     eprintln!(
@@ -99,8 +99,8 @@ pub fn bench(
                     metrics.record_latency(names::INTER_TOKEN, us(*gap));
                 }
                 metrics.record_latency(names::E2E, us(a.total));
-                metrics.completed += 1;
-                metrics.tokens += a.completion_tokens as u64;
+                metrics.sequencer.completed += 1;
+                metrics.sequencer.tokens += a.completion_tokens as u64;
                 finished.push(FinishedRequest {
                     seq: r.id,
                     reason: match a.finish_reason.as_deref() {
@@ -115,7 +115,7 @@ pub fn bench(
                 });
             }
             Err(e) => {
-                metrics.failed += 1;
+                metrics.sequencer.failed += 1;
                 errors += 1;
                 if errors <= 5 {
                     eprintln!("[{}] {e}", r.id);
@@ -123,7 +123,7 @@ pub fn bench(
             }
         }
     }
-    metrics.span_us = us(outcome.wall);
+    metrics.sequencer.span_us = us(outcome.wall);
     let result = RunOutcome {
         finished,
         refused: Vec::new(),

@@ -16,20 +16,20 @@ pub fn print_summary(outcome: &RunOutcome) {
     );
     println!(
         "requests: {} completed, {} refused or failed; {} tokens in {:.2} s = {:.1} tokens/s\n",
-        m.completed,
-        m.failed,
-        m.tokens,
-        m.span_us as f64 / 1e6,
+        m.sequencer.completed,
+        m.sequencer.failed,
+        m.sequencer.tokens,
+        m.sequencer.span_us as f64 / 1e6,
         m.tokens_per_second()
     );
-    if m.failures_detected > 0 || m.restarts > 0 {
+    if m.sequencer.failures_detected > 0 || m.sequencer.restarts > 0 {
         println!(
             "failures detected: {}; stage replicas re-planned: {}; sequences restarted: {}; tokens recomputed: {} ({:.1}% of generated)\n",
-            m.failures_detected,
-            m.replans,
-            m.restarts,
-            m.recomputed_tokens,
-            100.0 * m.recomputed_tokens as f64 / m.tokens.max(1) as f64
+            m.sequencer.failures_detected,
+            m.sequencer.replans,
+            m.sequencer.restarts,
+            m.sequencer.recomputed_tokens,
+            100.0 * m.sequencer.recomputed_tokens as f64 / m.sequencer.tokens.max(1) as f64
         );
     }
     println!("## Stage operators\n\n{}", m.stages_table());

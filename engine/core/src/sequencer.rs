@@ -228,8 +228,9 @@ pub enum Command {
     },
 }
 
-/// Counts the sequencer keeps.
+/// Counts the sequencer keeps (the engine's metrics hold them as they are).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SequencerCounters {
     /// Sequences finished.
     pub completed: u64,
@@ -249,6 +250,22 @@ pub struct SequencerCounters {
     pub replans: u64,
     /// First submission to the last completion (µs).
     pub span_us: u64,
+}
+
+impl SequencerCounters {
+    /// Adds the counts of another sequencer (another run's, or another
+    /// process's); the span is the longer of the two.
+    pub fn merge(&mut self, other: &SequencerCounters) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+        self.tokens += other.tokens;
+        self.restarts += other.restarts;
+        self.recomputed_tokens += other.recomputed_tokens;
+        self.failures_detected += other.failures_detected;
+        self.replans += other.replans;
+        self.span_us = self.span_us.max(other.span_us);
+    }
 }
 
 /// Where a sequence is.

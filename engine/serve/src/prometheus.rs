@@ -142,56 +142,56 @@ pub fn render(metrics: &EngineMetrics, http: &HttpCounters) -> String {
         "tokenflow_generated_tokens_total",
         "counter",
         "Tokens generated.",
-        metrics.tokens,
+        metrics.sequencer.tokens,
     );
     scalar(
         &mut out,
         "tokenflow_requests_completed_total",
         "counter",
         "Requests that ran to a stop rule.",
-        metrics.completed,
+        metrics.sequencer.completed,
     );
     scalar(
         &mut out,
         "tokenflow_requests_failed_total",
         "counter",
         "Requests refused or failed by the engine (cancellations included).",
-        metrics.failed,
+        metrics.sequencer.failed,
     );
     scalar(
         &mut out,
         "tokenflow_requests_cancelled_total",
         "counter",
         "Requests their client withdrew.",
-        metrics.cancelled,
+        metrics.sequencer.cancelled,
     );
     scalar(
         &mut out,
         "tokenflow_restarts_total",
         "counter",
         "Sequences restarted on a new path after a failure.",
-        metrics.restarts,
+        metrics.sequencer.restarts,
     );
     scalar(
         &mut out,
         "tokenflow_recomputed_tokens_total",
         "counter",
         "Tokens prefilled again by restarts.",
-        metrics.recomputed_tokens,
+        metrics.sequencer.recomputed_tokens,
     );
     scalar(
         &mut out,
         "tokenflow_failures_detected_total",
         "counter",
         "Node failures or restarts detected.",
-        metrics.failures_detected,
+        metrics.sequencer.failures_detected,
     );
     scalar(
         &mut out,
         "tokenflow_replans_total",
         "counter",
         "Stage replicas added by re-planning.",
-        metrics.replans,
+        metrics.sequencer.replans,
     );
     scalar(
         &mut out,

@@ -199,13 +199,11 @@ mod tests {
     #[test]
     fn board_merges_each_worker_once() {
         let board = MetricsBoard::default();
-        let m = EngineMetrics {
-            tokens: 3,
-            ..EngineMetrics::default()
-        };
+        let mut m = EngineMetrics::default();
+        m.sequencer.tokens = 3;
         board.post(0, &m);
         board.post(0, &m);
         board.post(2, &m);
-        assert_eq!(board.snapshot().tokens, 6);
+        assert_eq!(board.snapshot().sequencer.tokens, 6);
     }
 }

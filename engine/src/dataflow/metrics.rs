@@ -3,6 +3,7 @@
 //! across workers and processes (they travel as JSON through a small dataflow).
 
 use std::collections::BTreeMap;
+use tokenflow_core::sequencer::SequencerCounters;
 
 use serde::{Deserialize, Serialize};
 use tokenflow_planner::latency::{LatencyHistogram, LatencyReport};
@@ -64,25 +65,11 @@ pub struct EngineMetrics {
     pub stages: BTreeMap<String, StageStats>,
     /// Per directed link `"<from> -> <to>"`.
     pub links: BTreeMap<String, LinkTraffic>,
-    /// Requests finished.
-    pub completed: u64,
-    /// Requests refused or failed.
-    pub failed: u64,
-    /// Tokens generated.
-    pub tokens: u64,
-    /// Sequences restarted on a new path after a failure.
-    pub restarts: u64,
-    /// Tokens prefilled again by restarts.
-    pub recomputed_tokens: u64,
-    /// Node failures or restarts the sequencer noticed.
-    pub failures_detected: u64,
-    /// Stage replicas added by re-planning after a stage lost all its replicas.
-    pub replans: u64,
-    /// First submission to last token, in µs (0 when nothing ran).
-    pub span_us: u64,
-    /// Requests the client cancelled.
-    #[serde(default)]
-    pub cancelled: u64,
+    /// The sequencer's counts (requests completed, failed, cancelled, tokens,
+    /// restarts, recomputed tokens, failures detected, re-plans, span), under
+    /// their own names in the JSON.
+    #[serde(flatten)]
+    pub sequencer: SequencerCounters,
     /// Requests waiting for admission, as last seen (a gauge).
     #[serde(default)]
     pub queued: u64,
@@ -97,16 +84,8 @@ pub struct EngineMetrics {
 impl EngineMetrics {
     /// Takes the sequencer's counts (it runs on one worker, so they are its
     /// worker's own and replace what was there).
-    pub fn absorb_sequencer(&mut self, c: &tokenflow_core::sequencer::SequencerCounters) {
-        self.completed = c.completed;
-        self.failed = c.failed;
-        self.tokens = c.tokens;
-        self.restarts = c.restarts;
-        self.recomputed_tokens = c.recomputed_tokens;
-        self.failures_detected = c.failures_detected;
-        self.replans = c.replans;
-        self.span_us = c.span_us;
-        self.cancelled = c.cancelled;
+    pub fn absorb_sequencer(&mut self, c: &SequencerCounters) {
+        self.sequencer = *c;
     }
 
     /// Sets the sequencer's gauges: requests waiting, sequences in flight,
@@ -146,15 +125,7 @@ impl EngineMetrics {
             e.messages += t.messages;
             e.bytes += t.bytes;
         }
-        self.completed += other.completed;
-        self.failed += other.failed;
-        self.tokens += other.tokens;
-        self.restarts += other.restarts;
-        self.recomputed_tokens += other.recomputed_tokens;
-        self.failures_detected += other.failures_detected;
-        self.replans += other.replans;
-        self.span_us = self.span_us.max(other.span_us);
-        self.cancelled += other.cancelled;
+        self.sequencer.merge(&other.sequencer);
         self.queued += other.queued;
         self.in_flight += other.in_flight;
         self.stages_down += other.stages_down;
@@ -180,10 +151,11 @@ impl EngineMetrics {
 
     /// Generated tokens per second over the run.
     pub fn tokens_per_second(&self) -> f64 {
-        if self.span_us == 0 {
+        let c = &self.sequencer;
+        if c.span_us == 0 {
             0.0
         } else {
-            self.tokens as f64 / (self.span_us as f64 / 1e6)
+            c.tokens as f64 / (c.span_us as f64 / 1e6)
         }
     }
 
@@ -198,10 +170,11 @@ impl EngineMetrics {
             } else {
                 s.tokens as f64 / s.batches as f64
             };
-            let busy = if self.span_us == 0 {
+            let span_us = self.sequencer.span_us;
+            let busy = if span_us == 0 {
                 0.0
             } else {
-                100.0 * s.busy_us as f64 / self.span_us as f64
+                100.0 * s.busy_us as f64 / span_us as f64
             };
             out.push_str(&format!(
                 "| {k} | {} | {} | {mean:.1} | {:.2} | {busy:.0} | {} |\n",
@@ -233,24 +206,27 @@ mod tests {
     #[test]
     fn merge_adds_each_count_once() {
         let mut part = EngineMetrics {
-            completed: 2,
-            restarts: 3,
-            recomputed_tokens: 40,
-            failures_detected: 1,
-            replans: 1,
-            span_us: 10,
+            sequencer: SequencerCounters {
+                completed: 2,
+                restarts: 3,
+                recomputed_tokens: 40,
+                failures_detected: 1,
+                replans: 1,
+                span_us: 10,
+                ..SequencerCounters::default()
+            },
             ..EngineMetrics::default()
         };
         part.stage("a stage 0").replay_busy_us = 500_000;
         let mut total = EngineMetrics::default();
         total.merge(&part);
         total.merge(&part);
-        assert_eq!(total.completed, 4);
-        assert_eq!(total.restarts, 6);
-        assert_eq!(total.recomputed_tokens, 80);
-        assert_eq!(total.failures_detected, 2);
-        assert_eq!(total.replans, 2);
-        assert_eq!(total.span_us, 10);
+        assert_eq!(total.sequencer.completed, 4);
+        assert_eq!(total.sequencer.restarts, 6);
+        assert_eq!(total.sequencer.recomputed_tokens, 80);
+        assert_eq!(total.sequencer.failures_detected, 2);
+        assert_eq!(total.sequencer.replans, 2);
+        assert_eq!(total.sequencer.span_us, 10);
         assert!((total.replay_gpu_s() - 1.0).abs() < 1e-12);
     }
 }
