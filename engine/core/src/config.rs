@@ -125,8 +125,21 @@ impl SchedulerConfig {
         }
     }
 
-    /// How a node on paths of `path_stages` block stages holds its calls.
+    /// How a node on paths of `path_stages` stages holds its calls: by
+    /// [`SchedulerConfig::batch_hold`] on one-stage paths, never on longer
+    /// ones. Measured: on one node the hold took `tokenflow serve` from 0.70
+    /// to 1.02 of batch mode's throughput; on pipelines the simulator's study
+    /// (`cargo run --release --example study -p tokenflow-sim`) lost goodput
+    /// with it, even with prefills never held and idle nodes never holding:
+    /// `chain-dp` on helix-24 (7 stages) 472 -> 349 tok/s within the SLO,
+    /// `swarm` (6 stages) 409 -> 388, throughput unchanged, because the
+    /// sequences of a pipeline spend much of their time on links, so a node
+    /// rarely sees `held / S` of them at once and each hop's wait adds to every
+    /// token and, through longer-held KV, to admission.
     pub fn call_hold(&self, path_stages: usize) -> CallHold {
+        if path_stages > 1 {
+            return CallHold::NEVER;
+        }
         CallHold {
             fraction: self.batch_hold,
             path_stages,

@@ -227,6 +227,7 @@ pub fn stage_operator<'s>(
                     q.kernel = Some(kernel);
                     let batch = done.batch;
                     let busy_us = (done.compute_us as f64 * q.speed_factor) as u64;
+                    let decode_only = batch.iter().all(|m| m.len == 1 && m.start > 0);
                     // Chunks of a restarted sequence before its next token rebuild lost KV.
                     let replay: usize = batch
                         .iter()
@@ -245,7 +246,7 @@ pub fn stage_operator<'s>(
                     stats.queue_len.record_us(call.queued as u64);
                     q.outbox = call.caps.into_iter().zip(batch).collect();
                     q.release_us = done.finished_us + busy_us.saturating_sub(done.compute_us);
-                    q.hold_clock.record_call(busy_us);
+                    q.hold_clock.record_call(busy_us, decode_only);
                 }
                 for (cap, msg) in inbox.ready(now) {
                     let node = msg.route().get(route_index).copied().unwrap_or(u32::MAX);
@@ -367,7 +368,13 @@ pub fn stage_operator<'s>(
                     let Some(held) = q.kernel.as_ref().map(StageKernel::sequences_held) else {
                         continue;
                     };
-                    if let Some(rest) = q.hold_clock.hold_us(&hold, q.work.len(), held, now) {
+                    if let Some(rest) = q.hold_clock.hold_us(
+                        &hold,
+                        q.work.decode_len(),
+                        q.work.prefill_len(),
+                        held,
+                        now,
+                    ) {
                         let t = now + rest;
                         wake = Some(wake.map_or(t, |w| w.min(t)));
                         continue;

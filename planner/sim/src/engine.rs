@@ -1331,10 +1331,10 @@ impl<'a> Sim<'a> {
         let hold = self.inp.config.scheduler.call_hold(path_stages);
         let now = self.now;
         let nd = &mut self.nodes[node as usize];
-        let queued = nd.queue.len();
+        let (decode, prefill) = (nd.queue.decode_len(), nd.queue.prefill_len());
         let Some(rest) = nd
             .hold_clock
-            .hold_us(&hold, queued, nd.seqs.len(), now / 1000)
+            .hold_us(&hold, decode, prefill, nd.seqs.len(), now / 1000)
         else {
             return false;
         };
@@ -1388,13 +1388,15 @@ impl<'a> Sim<'a> {
         }
         let kind = self.gpu_kind[i];
         let mut t = 0.0;
+        let mut decode_only = true;
         for &(a, b, d, p) in &groups {
             t += self.step_time(i, kind, a, b, d, p);
+            decode_only &= p == 0;
         }
         self.groups = groups;
         self.stats.gpu_busy_s += t;
         let nd = &mut self.nodes[i];
-        nd.hold_clock.record_call(to_ns(t) / 1000);
+        nd.hold_clock.record_call(to_ns(t) / 1000, decode_only);
         nd.batch = batch;
         nd.busy = true;
         let epoch = nd.epoch;
