@@ -858,20 +858,15 @@ fn a_killed_process_ends_the_run_naming_it_and_the_log_resumes() {
 
 /// A process that stops (SIGSTOP: its sockets stay open, so no read ever
 /// fails) is taken for hung once it has sent nothing for `--connect-timeout`:
-/// the other ends the run naming it instead of waiting forever, and the
-/// stopped one, let go again, ends too.
+/// the others end the run naming it (the third process too, though the link
+/// it sees break is the one to the process that noticed first), instead of
+/// waiting forever, and the stopped one, let go again, ends too.
 #[test]
 fn a_stopped_process_is_named_after_the_silence_limit() {
     let dir = scratch("stopped-peer");
     let model = tiny(&dir);
-    let p1_port = free_port();
-    let hosts = hostfile(
-        &dir,
-        &[
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{p1_port}"),
-        ],
-    );
+    let ports = [free_port(), free_port(), free_port()];
+    let hosts = hostfile(&dir, &ports.map(|p| format!("127.0.0.1:{p}")));
     let log = dir.join("tokens.log");
     let h = hosts.to_str().unwrap();
     let args = |process: &'static str| {
@@ -887,7 +882,7 @@ fn a_stopped_process_is_named_after_the_silence_limit() {
             "--prompt",
             "a dog",
             "--stages",
-            "0..3,3..6",
+            "0..2,2..4,4..6",
             "--hostfile",
             h,
             "--connect-timeout",
@@ -902,6 +897,7 @@ fn a_stopped_process_is_named_after_the_silence_limit() {
     };
     let p0 = spawn(&args("0"));
     let p1 = spawn(&args("1"));
+    let p2 = spawn(&args("2"));
     let start = Instant::now();
     while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 10 {
         assert!(
@@ -919,20 +915,17 @@ fn a_stopped_process_is_named_after_the_silence_limit() {
     };
     signal("-STOP");
     let stopped = Instant::now();
-    let out = wait_bounded(
-        p0,
-        Duration::from_secs(30),
-        "the process beside a stopped one",
+    let expected = format!(
+        "process 1 at 127.0.0.1:{} neither sent anything nor answered a probe for 2s",
+        ports[1]
     );
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains(&format!(
-            "process 1 at 127.0.0.1:{p1_port} neither sent anything nor answered a probe for 2s"
-        )),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    for (name, child) in [("process 0", p0), ("process 2", p2)] {
+        let out = wait_bounded(child, Duration::from_secs(30), name);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(err.contains(&expected), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
     assert!(
         stopped.elapsed() >= Duration::from_secs(2),
         "named before its limit"

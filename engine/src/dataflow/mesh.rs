@@ -16,7 +16,10 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
+
+use super::peer_stream::{PeerFault, PeerFaults};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +29,21 @@ const MAGIC: &[u8; 16] = b"TOKENFLOW-MESH01";
 /// process answers [`PROBE_ANSWER`] on its mesh address for as long as its run
 /// lasts, so that a peer can tell a live but quiet process from a stopped one.
 pub const PROBE_MAGIC: &[u8; 16] = b"TOKENFLOW-PROBE1";
-/// The answer to a liveness probe.
+/// The answer to a liveness probe, followed by a little-endian `u32` length
+/// and that many bytes of JSON: the answering process's own failure or the
+/// first fault it saw on a link ([`PeerFault`]), or nothing when healthy.
 pub const PROBE_ANSWER: &[u8; 2] = b"OK";
+/// Longest fault report in a probe answer.
+const MAX_PROBE_REPORT: u32 = 64 * 1024;
+
+/// What a liveness probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeAnswer {
+    /// Nothing answered in time (stopped, hung, gone).
+    Silent,
+    /// The process is running; `Some` when it has failed or seen a fault.
+    Alive(Option<PeerFault>),
+}
 /// Largest handshake body accepted (a fingerprint is a few hundred bytes).
 const MAX_HELLO: u32 = 64 * 1024;
 /// How long a connected peer may take to send its handshake.
@@ -238,17 +254,33 @@ pub struct ConnectedMesh {
     pub listener: TcpListener,
 }
 
-/// Answers a liveness probe if that is what `stream` carries; `true` if it did.
-fn answered_probe(stream: &mut TcpStream) -> bool {
+/// Answers a liveness probe if that is what `stream` carries (reporting
+/// `fault`); `true` if it did. Waits for the first 16 bytes up to the
+/// stream's read timeout, without consuming anything else.
+fn answered_probe(stream: &mut TcpStream, fault: Option<&PeerFault>) -> bool {
     let mut head = [0u8; 16];
-    match stream.peek(&mut head) {
-        Ok(16) if &head == PROBE_MAGIC => {
-            let _ = stream.read_exact(&mut head);
-            let _ = stream.write_all(PROBE_ANSWER);
-            true
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    loop {
+        match stream.peek(&mut head) {
+            Ok(16) => break,
+            Ok(n) if n > 0 && head[..n] == PROBE_MAGIC[..n] && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => return false,
         }
-        _ => false,
     }
+    if &head != PROBE_MAGIC {
+        return false;
+    }
+    let _ = stream.read_exact(&mut head);
+    let report = fault
+        .and_then(|f| serde_json::to_vec(f).ok())
+        .unwrap_or_default();
+    let mut answer = PROBE_ANSWER.to_vec();
+    answer.extend_from_slice(&(report.len() as u32).to_le_bytes());
+    answer.extend_from_slice(&report);
+    let _ = stream.write_all(&answer);
+    true
 }
 
 /// Connects process `process` of `hosts` to every other, checking each peer's
@@ -332,7 +364,7 @@ pub fn connect_mesh(
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
                 // A peer whose mesh is complete already probes our liveness.
-                if answered_probe(&mut stream) {
+                if answered_probe(&mut stream, None) {
                     continue;
                 }
                 // A stranger (a port scan, a stale client) is not a peer: drop it
@@ -392,20 +424,27 @@ pub fn connect_mesh(
     Ok(ConnectedMesh { streams, listener })
 }
 
-/// Answers liveness probes on `listener` until `alive` says the run is over
-/// (then the listener is dropped and its port freed). Anything else that
-/// connects is closed.
-pub fn answer_probes(listener: TcpListener, alive: impl Fn() -> bool + Send + 'static) {
+/// Answers liveness probes on `listener` for as long as the run's
+/// `faults` exist (then the listener is dropped and its port freed), each
+/// with what `faults` has recorded. Each connection is answered on its own
+/// short-lived thread, so one that connects and sends nothing delays no
+/// probe; anything that is not a probe is closed.
+pub fn answer_probes(listener: TcpListener, faults: Weak<PeerFaults>) {
     let _ = listener.set_nonblocking(true);
     let _ = std::thread::Builder::new()
         .name("tokenflow:probe-answer".into())
         .spawn(move || {
-            while alive() {
+            while faults.strong_count() > 0 {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                        answered_probe(&mut stream);
+                        let fault = faults.upgrade().and_then(|f| f.probe_answer());
+                        let _ = std::thread::Builder::new()
+                            .name("tokenflow:probe-reply".into())
+                            .spawn(move || {
+                                let _ = stream.set_nonblocking(false);
+                                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                                answered_probe(&mut stream, fault.as_ref());
+                            });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -413,18 +452,29 @@ pub fn answer_probes(listener: TcpListener, alive: impl Fn() -> bool + Send + 's
         });
 }
 
-/// Probes the liveness of the process listening at `address`: `true` if it
-/// answered within `timeout`.
-pub fn probe(address: &str, timeout: Duration) -> bool {
+/// Probes the process listening at `address`, waiting at most `timeout`.
+pub fn probe(address: &str, timeout: Duration) -> ProbeAnswer {
     let Ok(mut stream) = connect_once(address, timeout) else {
-        return false;
+        return ProbeAnswer::Silent;
     };
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let mut answer = [0u8; 2];
-    stream.write_all(PROBE_MAGIC).is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer == PROBE_ANSWER
+    let mut head = [0u8; 6];
+    if stream.write_all(PROBE_MAGIC).is_err()
+        || stream.read_exact(&mut head).is_err()
+        || &head[..2] != PROBE_ANSWER
+    {
+        return ProbeAnswer::Silent;
+    }
+    let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+    if len == 0 || len > MAX_PROBE_REPORT {
+        return ProbeAnswer::Alive(None);
+    }
+    let mut body = vec![0u8; len as usize];
+    if stream.read_exact(&mut body).is_err() {
+        return ProbeAnswer::Alive(None);
+    }
+    ProbeAnswer::Alive(serde_json::from_slice(&body).ok())
 }
 
 fn connect_once(address: &str, timeout: Duration) -> std::io::Result<TcpStream> {
@@ -560,29 +610,45 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_is_answered_while_alive_and_not_after() {
+    fn a_probe_is_answered_while_the_run_lasts_with_its_fault() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let flag = alive.clone();
-        answer_probes(listener, move || {
-            flag.load(std::sync::atomic::Ordering::SeqCst)
-        });
-        assert!(probe(&address, Duration::from_secs(5)));
-        // A stranger is closed without an answer and does not stop the answers.
+        let faults = std::sync::Arc::new(PeerFaults::default());
+        answer_probes(listener, std::sync::Arc::downgrade(&faults));
+        assert_eq!(
+            probe(&address, Duration::from_secs(5)),
+            ProbeAnswer::Alive(None)
+        );
+        // A stranger that connects and sends nothing delays no probe.
+        let _silent = TcpStream::connect(&address).unwrap();
         let mut stranger = TcpStream::connect(&address).unwrap();
         stranger.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        assert!(probe(&address, Duration::from_secs(5)));
-        alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            probe(&address, Duration::from_millis(500)),
+            ProbeAnswer::Alive(None)
+        );
+        // A failed process says why.
+        faults.fail_locally(3, "127.0.0.1:1", "a worker failed: boom".into());
+        match probe(&address, Duration::from_secs(5)) {
+            ProbeAnswer::Alive(Some(f)) => {
+                assert_eq!((f.process, f.cause.as_str()), (3, "a worker failed: boom"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The run is over: no more answers, and the port is freed.
+        drop(faults);
         let start = Instant::now();
-        while probe(&address, Duration::from_millis(200)) {
+        while probe(&address, Duration::from_millis(200)) != ProbeAnswer::Silent {
             assert!(start.elapsed() < Duration::from_secs(5), "still answering");
         }
-        // A listener that accepts but never answers is not alive either.
+        // A listener that accepts but never answers is silent too.
         let mute = TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(!probe(
-            &mute.local_addr().unwrap().to_string(),
-            Duration::from_millis(200)
-        ));
+        assert_eq!(
+            probe(
+                &mute.local_addr().unwrap().to_string(),
+                Duration::from_millis(200)
+            ),
+            ProbeAnswer::Silent
+        );
     }
 }

@@ -20,13 +20,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use timely::communication::allocator::zero_copy::stream::Stream;
 
-use super::mesh::probe;
+use super::mesh::{ProbeAnswer, probe};
 
 /// Largest timely frame accepted from a peer (1 GiB): a batch of activations
 /// is tens of MB; anything near this is a broken or hostile peer, and without
@@ -37,7 +37,7 @@ pub const MAX_FRAME_BYTES: u64 = 1 << 30;
 const HEADER_BYTES: usize = 48;
 
 /// What went wrong on one link, first fault only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerFault {
     /// The peer's process index.
     pub process: usize,
@@ -64,16 +64,31 @@ struct LinkWatch {
 #[derive(Debug)]
 pub struct PeerFaults {
     first: Mutex<Option<PeerFault>>,
+    /// This process's own failure (a worker that failed or panicked), as the
+    /// peers are told when they probe it.
+    local: Mutex<Option<PeerFault>>,
     links: Mutex<Vec<Arc<LinkWatch>>>,
     start: Instant,
+    /// Whether this run counts in [`FAULTED_RUNS`].
+    counted: AtomicBool,
 }
 
 impl Default for PeerFaults {
     fn default() -> Self {
         PeerFaults {
             first: Mutex::new(None),
+            local: Mutex::new(None),
             links: Mutex::new(Vec::new()),
             start: Instant::now(),
+            counted: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for PeerFaults {
+    fn drop(&mut self) {
+        if self.counted.load(Ordering::SeqCst) {
+            FAULTED_RUNS.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -82,6 +97,56 @@ impl PeerFaults {
     /// The first fault recorded, if any.
     pub fn first(&self) -> Option<PeerFault> {
         self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This process's own failure, if one was recorded.
+    pub fn local(&self) -> Option<PeerFault> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What a probe of this process answers: its own failure, else the
+    /// first fault it saw on a link, else nothing (healthy).
+    pub fn probe_answer(&self) -> Option<PeerFault> {
+        self.local().or_else(|| self.first())
+    }
+
+    /// Records that this process itself failed (`cause`, e.g. a worker's
+    /// error): every link is shut down, so the peers stop at once instead of
+    /// waiting for it, and a peer that probes it learns why. Faults its own
+    /// shut-down links raise afterwards are not recorded; a failure after a
+    /// link fault is that fault's consequence and is not recorded either.
+    pub fn fail_locally(&self, process: usize, address: &str, cause: String) {
+        if self.first().is_some() {
+            // The worker failed because a link did (timely's cascade).
+            return;
+        }
+        {
+            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            if local.is_some() {
+                return;
+            }
+            *local = Some(PeerFault {
+                process,
+                address: address.to_string(),
+                cause,
+            });
+        }
+        self.count_fault();
+        self.shut_all();
+    }
+
+    fn count_fault(&self) {
+        if !self.counted.swap(true, Ordering::SeqCst) {
+            FAULTED_RUNS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shut_all(&self) {
+        // A read on a shut-down socket returns at once, so timely's threads
+        // end and the workers see the failure.
+        for link in self.links.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = link.socket.shutdown(Shutdown::Both);
+        }
     }
 
     /// Starts a thread that records a fault for the first peer not heard
@@ -94,6 +159,9 @@ impl PeerFaults {
     pub fn watch_silence(self: &Arc<Self>, limit: Duration) {
         let faults = Arc::downgrade(self);
         let period = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        // A probe may take longer than a period on a loaded host: its own
+        // timeout is half the limit (at most 5 s).
+        let probe_timeout = (limit / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let limit_ms = limit.as_millis().min(u64::MAX as u128) as u64;
         let _ = std::thread::Builder::new()
             .name("tokenflow:link-watch".into())
@@ -103,7 +171,7 @@ impl PeerFaults {
                     let Some(faults) = faults.upgrade() else {
                         return;
                     };
-                    if faults.first().is_some() {
+                    if faults.first().is_some() || faults.local().is_some() {
                         return;
                     }
                     let links = faults
@@ -120,7 +188,7 @@ impl PeerFaults {
                         if quiet_ms(&faults) < period.as_millis() as u64 {
                             continue;
                         }
-                        if probe(&link.address, period) {
+                        if let ProbeAnswer::Alive(_) = probe(&link.address, probe_timeout) {
                             let now_ms = faults.start.elapsed().as_millis() as u64;
                             link.heard_ms.fetch_max(now_ms, Ordering::SeqCst);
                         } else if quiet_ms(&faults) > limit_ms {
@@ -143,6 +211,9 @@ impl PeerFaults {
     }
 
     fn record(&self, fault: PeerFault) {
+        if self.local().is_some() {
+            return; // our own shut-down links, after our own failure
+        }
         {
             let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
             if first.is_some() {
@@ -150,37 +221,41 @@ impl PeerFaults {
             }
             *first = Some(fault);
         }
-        A_LINK_FAILED.store(true, Ordering::SeqCst);
-        // Unblock every network thread: a read on a shut-down socket returns
-        // at once, so timely's threads end and the workers see the failure.
-        for link in self.links.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = link.socket.shutdown(Shutdown::Both);
-        }
+        self.count_fault();
+        self.shut_all();
     }
 }
 
-/// Set once any link of this process has failed: from then on the panics
-/// timely's threads raise because of it are expected and not printed.
-static A_LINK_FAILED: AtomicBool = AtomicBool::new(false);
+/// Runs of this process with a recorded fault that have not ended: while
+/// any has, the panics of timely's fail-stop cascade are not printed.
+static FAULTED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The messages of timely's fail-stop cascade (its network threads, the
+/// worker queues they poison, the guard that joins them).
+const CASCADE: &[&str] = &[
+    "timely communication error",
+    "MergeQueue poisoned",
+    "Send thread panic",
+    "Recv thread panic",
+];
 
 /// Installs (once per process) a panic hook that keeps the default report
-/// for every panic except those of timely's threads (`timely:*`), or raised in
-/// timely's communication crate, after a link fault was recorded: those are timely's fail-stop cascade, and the run
-/// reports the link's fault itself as [`crate::dataflow::error::EngineError::Peer`].
+/// for every panic except timely's fail-stop cascade ([`CASCADE`]) while a
+/// run with a recorded fault is under way: the run reports the fault itself
+/// ([`crate::dataflow::error::EngineError::Peer`], or the worker's own error).
 pub fn quiet_network_panics() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let timely_thread = std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("timely:"));
-            // The guards' drop re-raises the network threads' panics on the
-            // thread that joins them.
-            let in_timely = info
-                .location()
-                .is_some_and(|l| l.file().contains("timely_communication"));
-            if (timely_thread || in_timely) && A_LINK_FAILED.load(Ordering::SeqCst) {
+            let payload = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("");
+            let cascade = CASCADE.iter().any(|m| payload.contains(m));
+            if cascade && FAULTED_RUNS.load(Ordering::SeqCst) > 0 {
                 return;
             }
             previous(info);
@@ -326,6 +401,25 @@ impl PeerStream {
         })
     }
 
+    /// The link broke (end of stream, reset, broken pipe): in a cluster of
+    /// three or more, a peer that shut its links because of a fault
+    /// elsewhere looks the same, so the peer is asked first, and the fault it
+    /// saw (or its own failure) is what is recorded, with who saw it.
+    fn closed(&self, cause: String) -> io::Error {
+        if self.faults.first().is_none()
+            && self.faults.local().is_none()
+            && let ProbeAnswer::Alive(Some(theirs)) = probe(&self.address, Duration::from_secs(1))
+        {
+            let seen_by = format!("{}, as process {} reported", theirs.cause, self.process);
+            self.faults.record(PeerFault {
+                cause: seen_by,
+                ..theirs
+            });
+            return io::Error::new(io::ErrorKind::InvalidData, cause);
+        }
+        self.fault(cause)
+    }
+
     fn fault(&self, cause: String) -> io::Error {
         self.faults.record(PeerFault {
             process: self.process,
@@ -340,7 +434,7 @@ impl Read for PeerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.stream.read(buf) {
             Ok(0) if !self.framing.ended => {
-                Err(self.fault("closed the connection in the middle of the run".into()))
+                Err(self.closed("closed the connection in the middle of the run".into()))
             }
             Ok(n) => match self.framing.observe(&buf[..n], self.bounds) {
                 Ok(()) => {
@@ -354,7 +448,7 @@ impl Read for PeerStream {
                 Err(cause) => Err(self.fault(cause)),
             },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
-            Err(e) => Err(self.fault(link_error("reading", &e))),
+            Err(e) => Err(self.closed(link_error("reading", &e))),
         }
     }
 }
@@ -363,7 +457,7 @@ impl Write for PeerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.stream.write(buf) {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => {
-                Err(self.fault(link_error("sending", &e)))
+                Err(self.closed(link_error("sending", &e)))
             }
             other => other,
         }
@@ -372,7 +466,7 @@ impl Write for PeerStream {
     fn flush(&mut self) -> io::Result<()> {
         self.stream
             .flush()
-            .map_err(|e| self.fault(link_error("sending", &e)))
+            .map_err(|e| self.closed(link_error("sending", &e)))
     }
 }
 

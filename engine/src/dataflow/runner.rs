@@ -277,8 +277,7 @@ fn run_with(
             )?;
             let mesh = connect_mesh(hosts, *process, &fingerprint, spec.options.connect_timeout)?;
             let sockets = watch_peers(mesh.streams, *process, hosts, *workers, &peer_faults)?;
-            let run_lasts = Arc::downgrade(&peer_faults);
-            answer_probes(mesh.listener, move || run_lasts.strong_count() > 0);
+            answer_probes(mesh.listener, Arc::downgrade(&peer_faults));
             peer_faults.watch_silence(spec.options.connect_timeout);
             let hooks = timely::communication::Hooks::default();
             let local = ProcessBuilder::new_typed_vector(
@@ -292,6 +291,33 @@ fn run_with(
                         EngineError::Timely(format!("starting timely's network threads: {e}"))
                     })?;
             let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+            let (faults, me, address) =
+                (Arc::clone(&peer_faults), *process, hosts[*process].clone());
+            // A worker that fails takes its process out of the cluster: its
+            // links are shut at once (the peers stop instead of waiting for
+            // it, and learn why when they probe it).
+            let work = move |worker: &mut timely::worker::Worker| {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(worker)));
+                match &result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => faults.fail_locally(me, &address, format!("failed: {e}")),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        faults.fail_locally(
+                            me,
+                            &address,
+                            format!("failed: a worker panicked: {what}"),
+                        )
+                    }
+                }
+                result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            };
+            let guard = QuietCommsGuard(Some(guard));
             timely::execute::execute_from(builders, Box::new(guard), config.worker, work)
         }
         _ => timely::execute(config, work),
@@ -299,26 +325,33 @@ fn run_with(
     .map_err(EngineError::Timely)?;
     let mut first = None;
     let mut failure = None;
-    // Timely joins its network threads when the guards drop and panics if one
-    // of them did (as they do, fail-stop, on a broken link): that panic is
-    // caught here and reported as the link's fault below.
-    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
-        .unwrap_or_else(|_| {
-            vec![Err(
-                "a network thread failed (timely stops the whole cluster)".to_string(),
-            )]
-        });
-    for result in results {
+    for result in guards.join() {
         match result {
             Ok(Ok(Some(outcome))) => first = Some(outcome),
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
+            // A worker's own error explains more than a panic it caused
+            // in timely on the others.
+            Ok(Err(e)) => {
+                failure = match failure {
+                    None | Some(EngineError::Timely(_)) => Some(e),
+                    kept => kept,
+                }
+            }
             Err(e) => failure = failure.or(Some(EngineError::Timely(e))),
         }
     }
+    // The peers that saw this process's links close ask it why: keep
+    // answering a little before the process goes.
+    if peer_faults.first().is_some() || peer_faults.local().is_some() {
+        std::thread::sleep(FAULT_LINGER);
+    }
     // A broken link poisons timely's queues and every worker fails after it:
-    // the link's own fault is the cause worth reporting.
-    if let Some(fault) = peer_faults.first() {
+    // the link's own fault is the cause worth reporting, unless this process
+    // failed first (then its worker's error is).
+    if let Some(fault) = peer_faults
+        .first()
+        .filter(|_| peer_faults.local().is_none())
+    {
         return Err(EngineError::Peer {
             process: fault.process,
             address: fault.address,
@@ -335,6 +368,24 @@ fn run_with(
         placement: placement_table,
         wall,
     }))
+}
+
+/// How long a process whose run failed on a fault keeps answering probes, so
+/// that the peers whose links it shut learn the fault (in a cluster of three
+/// or more, the process that noticed a dead peer first is otherwise blamed).
+const FAULT_LINGER: Duration = Duration::from_millis(1500);
+
+/// Timely's guard of its network threads, which joins them when dropped and
+/// panics if one of them did (as they do, fail-stop, on a broken link). Here
+/// that panic is caught, so the workers' own results survive and the run
+/// reports the fault recorded in [`PeerFaults`].
+struct QuietCommsGuard(Option<timely::communication::allocator::zero_copy::initialize::CommsGuard>);
+
+impl Drop for QuietCommsGuard {
+    fn drop(&mut self) {
+        let guard = self.0.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(guard)));
+    }
 }
 
 /// Wraps the mesh's checked sockets for timely's network threads (see
