@@ -355,6 +355,13 @@ fn hostfile(dir: &Path, lines: &[String]) -> PathBuf {
     path
 }
 
+/// A host file of `n` processes on free loopback ports, and the ports.
+fn local_hostfile(dir: &Path, n: usize) -> (PathBuf, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let lines: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    (hostfile(dir, &lines), ports)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -414,13 +421,7 @@ fn host_files_with_garbage_or_missing_processes_fail_in_bounded_time() {
     assert!(stderr(&out).contains("--process 3"), "{}", stderr(&out));
 
     // Process 1 of two never starts: process 0 gives up at the deadline.
-    let hosts = hostfile(
-        &dir,
-        &[
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        ],
-    );
+    let (hosts, _) = local_hostfile(&dir, 2);
     let start = Instant::now();
     let out = run_bounded(
         &[
@@ -492,13 +493,7 @@ fn host_files_with_garbage_or_missing_processes_fail_in_bounded_time() {
 fn disagreeing_processes_refuse_before_any_token() {
     let dir = scratch("disagree");
     let model = tiny(&dir);
-    let hosts = hostfile(
-        &dir,
-        &[
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        ],
-    );
+    let (hosts, _) = local_hostfile(&dir, 2);
     let h = hosts.to_str().unwrap();
     let p0 = spawn(&[
         "run",
@@ -770,14 +765,8 @@ fn a_killed_process_ends_the_run_naming_it_and_the_log_resumes() {
     let out = run_bounded(&refs, Duration::from_secs(120));
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let p1_port = free_port();
-    let hosts = hostfile(
-        &dir,
-        &[
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{p1_port}"),
-        ],
-    );
+    let (hosts, ports) = local_hostfile(&dir, 2);
+    let p1_port = ports[1];
     let log = dir.join("tokens.log");
     let h = hosts.to_str().unwrap();
     let cluster = [
@@ -865,8 +854,7 @@ fn a_killed_process_ends_the_run_naming_it_and_the_log_resumes() {
 fn a_stopped_process_is_named_after_the_silence_limit() {
     let dir = scratch("stopped-peer");
     let model = tiny(&dir);
-    let ports = [free_port(), free_port(), free_port()];
-    let hosts = hostfile(&dir, &ports.map(|p| format!("127.0.0.1:{p}")));
+    let (hosts, ports) = local_hostfile(&dir, 3);
     let log = dir.join("tokens.log");
     let h = hosts.to_str().unwrap();
     let args = |process: &'static str| {

@@ -356,8 +356,6 @@ impl Framing {
 pub struct PeerStream {
     stream: TcpStream,
     watch: Arc<LinkWatch>,
-    process: usize,
-    address: String,
     bounds: FrameBounds,
     framing: Framing,
     faults: Arc<PeerFaults>,
@@ -390,8 +388,6 @@ impl PeerStream {
         Ok(PeerStream {
             stream,
             watch,
-            process: peer,
-            address: address.to_string(),
             bounds: FrameBounds {
                 sources: (peer as u64 * w, (peer as u64 + 1) * w),
                 targets: (me as u64 * w, (me as u64 + 1) * w),
@@ -408,9 +404,13 @@ impl PeerStream {
     fn closed(&self, cause: String) -> io::Error {
         if self.faults.first().is_none()
             && self.faults.local().is_none()
-            && let ProbeAnswer::Alive(Some(theirs)) = probe(&self.address, Duration::from_secs(1))
+            && let ProbeAnswer::Alive(Some(theirs)) =
+                probe(&self.watch.address, Duration::from_secs(1))
         {
-            let seen_by = format!("{}, as process {} reported", theirs.cause, self.process);
+            let seen_by = format!(
+                "{}, as process {} reported",
+                theirs.cause, self.watch.process
+            );
             self.faults.record(PeerFault {
                 cause: seen_by,
                 ..theirs
@@ -422,8 +422,8 @@ impl PeerStream {
 
     fn fault(&self, cause: String) -> io::Error {
         self.faults.record(PeerFault {
-            process: self.process,
-            address: self.address.clone(),
+            process: self.watch.process,
+            address: self.watch.address.clone(),
             cause: cause.clone(),
         });
         io::Error::new(io::ErrorKind::InvalidData, cause)
@@ -489,8 +489,6 @@ impl Stream for PeerStream {
         Ok(PeerStream {
             stream: self.stream.try_clone()?,
             watch: Arc::clone(&self.watch),
-            process: self.process,
-            address: self.address.clone(),
             bounds: self.bounds,
             // Timely clones once for its sender and once for its receiver;
             // only the receiver reads, from the first byte after the handshake.
