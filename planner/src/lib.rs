@@ -28,6 +28,7 @@ pub mod presets;
 pub mod profile;
 pub mod repair;
 pub mod router;
+pub mod service_model;
 pub mod stage_ranges;
 pub mod strategy;
 pub mod units;
@@ -52,5 +53,21 @@ pub fn plan_with(
     options.validate()?;
     let s = strategy::by_name(strategy_name)?;
     let ctx = strategy::Context::new(cluster, model, options);
+    s.plan(&ctx)
+}
+
+/// [`plan_with`], with a check of candidate plans (the simulator's short run)
+/// for the strategies that search over candidates (`goodput`).
+pub fn plan_checked(
+    strategy_name: &str,
+    cluster: &Cluster,
+    model: &ModelProfile,
+    options: &PlanOptions,
+    check: &dyn strategy::goodput::PlanCheck,
+) -> Result<Plan, PlanError> {
+    presets::check_model(model)?;
+    options.validate()?;
+    let s = strategy::by_name(strategy_name)?;
+    let ctx = strategy::Context::new(cluster, model, options).with_check(check);
     s.plan(&ctx)
 }

@@ -78,6 +78,41 @@ pub enum Objective {
     Availability,
 }
 
+/// The service a plan must give, beyond the request mix: how many requests
+/// arrive, the latency they must meet, and how much faster than the cluster
+/// file says nodes fail. Only the `goodput` strategy and its model read it
+/// (the other strategies optimise their own bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceTarget {
+    /// Mean arrival rate, requests per second; 0: unknown (the model then
+    /// plans for `load_fraction` of the best candidate's throughput bound).
+    pub request_rate: f64,
+    /// Time to first token a request must meet, seconds.
+    pub ttft_slo_s: f64,
+    /// Mean inter-token latency a request must meet, seconds.
+    pub itl_slo_s: f64,
+    /// How many times faster than their MTBF and MTTR nodes fail and return
+    /// (a simulation that compresses time says so here; 1 in service, 0 when
+    /// no failures are expected).
+    pub failure_speedup: f64,
+    /// How long the arrival rate lasts, seconds: an overloaded plan's queue
+    /// grows over this window and then drains.
+    pub window_s: f64,
+}
+
+impl Default for ServiceTarget {
+    fn default() -> Self {
+        ServiceTarget {
+            request_rate: 0.0,
+            ttft_slo_s: 5.0,
+            itl_slo_s: 0.4,
+            failure_speedup: 1.0,
+            window_s: 300.0,
+        }
+    }
+}
+
 /// Options for planning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -102,6 +137,11 @@ pub struct PlanOptions {
     pub odp_latency_weight: f64,
     /// Seed for randomised steps.
     pub seed: u64,
+    /// Demand, SLO and failure speed the `goodput` strategy plans for.
+    pub target: ServiceTarget,
+    /// How many of the `goodput` strategy's best candidates a
+    /// [`crate::strategy::PlanCheck`] (the simulator) checks, when one is given.
+    pub check_candidates: usize,
 }
 
 impl Default for PlanOptions {
@@ -117,6 +157,8 @@ impl Default for PlanOptions {
             local_search_base: "chain-dp".into(),
             odp_latency_weight: 0.5,
             seed: 7,
+            target: ServiceTarget::default(),
+            check_candidates: 6,
         }
     }
 }
@@ -177,6 +219,27 @@ impl PlanOptions {
         if self.workload.output_tokens == 0 {
             return bad("workload.output_tokens", "positive", 0.0);
         }
+        let t = &self.target;
+        if !(t.request_rate.is_finite() && t.request_rate >= 0.0) {
+            return bad(
+                "target.request_rate",
+                "finite and non-negative",
+                t.request_rate,
+            );
+        }
+        for (field, v) in [
+            ("target.ttft_slo_s", t.ttft_slo_s),
+            ("target.itl_slo_s", t.itl_slo_s),
+            ("target.window_s", t.window_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= crate::units::MAX_DURATION.as_secs_f64()) {
+                return bad(field, "positive and finite", v);
+            }
+        }
+        if !(t.failure_speedup.is_finite() && t.failure_speedup >= 0.0 && t.failure_speedup <= 1e9)
+        {
+            return bad("target.failure_speedup", "in [0, 1e9]", t.failure_speedup);
+        }
         Ok(())
     }
 }
@@ -209,6 +272,15 @@ mod validation_tests {
                 Box::new(|o| o.cost.memory_reserve = 1.0),
             ),
             ("cost.max_batch", Box::new(|o| o.cost.max_batch = 0)),
+            (
+                "target.request_rate",
+                Box::new(|o| o.target.request_rate = -1.0),
+            ),
+            ("target.itl_slo_s", Box::new(|o| o.target.itl_slo_s = 0.0)),
+            (
+                "target.failure_speedup",
+                Box::new(|o| o.target.failure_speedup = f64::NAN),
+            ),
         ];
         assert!(PlanOptions::default().validate().is_ok());
         for (field, set) in cases {

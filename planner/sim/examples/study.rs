@@ -11,7 +11,7 @@
 //! Environment: `OUT` (folder: `<scenario>-<churn>/compare.{md,csv,json}`,
 //! `latency.svg`, `throughput.svg`, `.hgrm` files), `DURATION` (arrival window
 //! in seconds, default 300), `SEED` (default 1), `SCENARIOS` (comma-separated
-//! subset of `helix-24,rack-4090,community-64`), `THREADS` (default 2).
+//! subset of `helix-24,helix-24-1g,rack-4090,community-64`), `THREADS` (default 2).
 //!
 //! Requests: Poisson arrivals, prompts uniform in 128..896 tokens, outputs in
 //! 32..224 (means 512 and 128, the planner's workload), at a rate each
@@ -43,9 +43,15 @@ struct Case {
 
 const LENGTHS: &str = "prompt=uniform:128:896,output=uniform:32:224";
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
     Case {
         file: "helix-24",
+        model: "LLaMA-30B",
+        load: "poisson:rate=4.5",
+        slo: "ttft=5s,itl=400ms",
+    },
+    Case {
+        file: "helix-24-1g",
         model: "LLaMA-30B",
         load: "poisson:rate=4.5",
         slo: "ttft=5s,itl=400ms",
@@ -141,7 +147,13 @@ fn main() {
     let jobs: Vec<(&Case, &str, Option<f64>)> = CASES
         .iter()
         .filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|x| x == c.file)))
-        .flat_map(|c| CHURN.iter().map(move |&(n, t)| (c, n, t)))
+        // The 1 Gbit/s variant of helix-24 is one column, without churn.
+        .flat_map(|c| {
+            CHURN
+                .iter()
+                .filter(move |(n, _)| c.file != "helix-24-1g" || *n == "none")
+                .map(move |&(n, t)| (c, n, t))
+        })
         .collect();
     let results: Mutex<Vec<Option<Result<SimComparison, String>>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
@@ -230,6 +242,36 @@ fn summary(done: &[(&str, &str, &SimComparison)]) -> String {
                     r.stats.goodput_tok_s,
                     r.stats.slo_attainment * 100.0
                 )),
+                _ => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str(
+        "\nGoodput predicted by the planner's analytic model (service_model) for each first plan, and its error against the simulation above\n\n| strategy |",
+    );
+    for (file, churn, _) in done {
+        s.push_str(&format!(" {file} {churn} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(done.len()));
+    s.push('\n');
+    for name in strategy::names() {
+        s.push_str(&format!("| {name} |"));
+        for (_, _, cmp) in done {
+            match cmp.rows.iter().find(|r| r.strategy == name) {
+                Some(r) if r.error.is_none() => match &r.predicted {
+                    Some(p) => {
+                        let sim = r.stats.goodput_tok_s;
+                        let err = if sim > 0.0 {
+                            format!("{:+.0}%", (p.goodput_tok_s - sim) / sim * 100.0)
+                        } else {
+                            format!("{:+.0}", p.goodput_tok_s - sim)
+                        };
+                        s.push_str(&format!(" {:.0} ({err}) |", p.goodput_tok_s));
+                    }
+                    None => s.push_str(" - |"),
+                },
                 _ => s.push_str(" - |"),
             }
         }

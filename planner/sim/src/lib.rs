@@ -182,6 +182,9 @@ pub struct Simulator<'a> {
     cluster: &'a SimCluster,
     model: &'a ModelProfile,
     scenario: &'a Scenario,
+    /// The scenario's planning options with the service target filled in
+    /// from the scenario (see [`Simulator::options`]).
+    options: PlanOptions,
     requests: Vec<SimRequest>,
     churn: Vec<ChurnEvent>,
 }
@@ -213,13 +216,24 @@ impl<'a> Simulator<'a> {
         let churn = scenario
             .churn
             .timeline(&cluster.cluster, horizon, scenario.seed)?;
+        let options = planning_options(&cluster.cluster, scenario, &requests);
         Ok(Simulator {
             cluster,
             model,
             scenario,
+            options,
             requests,
             churn,
         })
+    }
+
+    /// The options every strategy plans with: the scenario's, with the
+    /// service target ([`PlanOptions::target`]) taken from the scenario
+    /// where the scenario left it unset (rate 0): the arrival rate of its
+    /// load, its SLO, its arrival window, and how much faster than the
+    /// cluster file's MTBF its churn fails nodes (0 without churn).
+    pub fn options(&self) -> &PlanOptions {
+        &self.options
     }
 
     /// When a run stops at the latest: the arrival window plus the drain
@@ -251,12 +265,23 @@ impl<'a> Simulator<'a> {
             self.requests.len() as u64,
             self.horizon_s(),
         ));
-        let plan = tokenflow_planner::plan_with(
-            strategy,
-            &self.cluster.cluster,
-            self.model,
-            &self.scenario.options,
-        )?;
+        let plan = if tokenflow_planner::strategy::by_name(strategy)?.uses_check() {
+            let check = ShortRun::new(self, strategy)?;
+            tokenflow_planner::plan_checked(
+                strategy,
+                &self.cluster.cluster,
+                self.model,
+                &self.options,
+                &check,
+            )?
+        } else {
+            tokenflow_planner::plan_with(
+                strategy,
+                &self.cluster.cluster,
+                self.model,
+                &self.options,
+            )?
+        };
         self.run_plan(strategy, plan, None, progress)
     }
 
@@ -279,7 +304,7 @@ impl<'a> Simulator<'a> {
                 .as_ref()
                 .map(|s| (s, self.cluster.base.as_deref())),
             model: self.model,
-            options: &self.scenario.options,
+            options: &self.options,
             config: &self.scenario.config,
             requests: &self.requests,
             churn: &self.churn,
@@ -302,7 +327,18 @@ impl<'a> Simulator<'a> {
             .iter()
             .map(|s| {
                 let run = self.run(s, &mut |p| progress(s, p));
-                StrategyResult::new(s, run)
+                let predicted = run.as_ref().ok().map(|r| {
+                    let cm = tokenflow_planner::cost::CostModel::new(self.model, &self.options);
+                    tokenflow_planner::service_model::predict(
+                        &r.plan,
+                        &self.cluster.cluster,
+                        &cm,
+                        &self.options,
+                    )
+                });
+                let mut row = StrategyResult::new(s, run);
+                row.predicted = predicted;
+                row
             })
             .collect();
         SimComparison {
@@ -320,6 +356,132 @@ impl<'a> Simulator<'a> {
             rows,
         }
     }
+}
+
+/// Seed offset of a [`ShortRun`]'s own requests and failures.
+const CHECK_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Longest arrival window of a [`ShortRun`], seconds (a plan near its
+/// saturation only shows its growing queue over minutes).
+pub const CHECK_WINDOW_S: f64 = 600.0;
+
+/// The simulator's check of a candidate plan for searching strategies
+/// (`goodput`): the scenario's load, churn and knobs, over at most
+/// [`CHECK_WINDOW_S`] of arrivals, with requests and failures drawn from
+/// their own seeds (not those the strategy is then measured on), the mean of
+/// [`CHECK_DRAWS`] draws (one draw of a plan near saturation is noisy).
+pub struct ShortRun<'s> {
+    cluster: &'s SimCluster,
+    model: &'s ModelProfile,
+    options: &'s PlanOptions,
+    config: SimConfig,
+    strategy: String,
+    draws: Vec<(Vec<SimRequest>, Vec<ChurnEvent>)>,
+    duration_s: f64,
+}
+
+/// Independent draws of requests and failures a [`ShortRun`] averages over.
+pub const CHECK_DRAWS: u64 = 2;
+
+impl<'s> ShortRun<'s> {
+    /// Draws the check's requests and failures for `sim`'s scenario.
+    pub fn new(sim: &'s Simulator<'_>, strategy: &str) -> Result<ShortRun<'s>, SimError> {
+        let sc = sim.scenario;
+        let duration_s = sc.duration_s.min(CHECK_WINDOW_S);
+        let mut config = sc.config.clone();
+        config.drain_s = Some(config.drain_s.unwrap_or(duration_s).min(duration_s));
+        let horizon = duration_s + config.drain_s.unwrap_or(duration_s);
+        let mut draws = Vec::new();
+        for d in 0..CHECK_DRAWS {
+            let seed = sc.seed ^ CHECK_SEED.wrapping_add(d);
+            let requests = sc.workload.generate(duration_s, seed)?;
+            let churn = sc.churn.timeline(&sim.cluster.cluster, horizon, seed)?;
+            draws.push((requests, churn));
+        }
+        Ok(ShortRun {
+            cluster: sim.cluster,
+            model: sim.model,
+            options: &sim.options,
+            config,
+            strategy: strategy.to_string(),
+            draws,
+            duration_s,
+        })
+    }
+}
+
+impl tokenflow_planner::strategy::goodput::PlanCheck for ShortRun<'_> {
+    fn goodput(&self, plan: &Plan) -> Option<f64> {
+        let mut sum = 0.0;
+        for (requests, churn) in &self.draws {
+            sum += self.one(plan, requests, churn)?;
+        }
+        Some(sum / self.draws.len().max(1) as f64)
+    }
+}
+
+impl ShortRun<'_> {
+    fn one(&self, plan: &Plan, requests: &[SimRequest], churn: &[ChurnEvent]) -> Option<f64> {
+        let inputs = RunInputs {
+            cluster: &self.cluster.cluster,
+            spec: self
+                .cluster
+                .spec
+                .as_ref()
+                .map(|s| (s, self.cluster.base.as_deref())),
+            model: self.model,
+            options: self.options,
+            config: &self.config,
+            requests,
+            churn,
+            strategy: Some(&self.strategy),
+            duration_s: self.duration_s,
+            bound_tok_s: None,
+        };
+        let out = Sim::new(inputs, plan.clone()).ok()?.run(&mut |_| {});
+        Some(out.stats.goodput_tok_s)
+    }
+}
+
+/// The scenario's planning options with its service target filled in where
+/// unset: rate, SLO, window and failure speed-up of the scenario.
+fn planning_options(
+    cluster: &Cluster,
+    scenario: &Scenario,
+    requests: &[SimRequest],
+) -> PlanOptions {
+    let mut o = scenario.options.clone();
+    if o.target.request_rate > 0.0 {
+        return o;
+    }
+    let t = &mut o.target;
+    t.request_rate = match &scenario.workload.arrivals {
+        Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => *rate,
+        Arrivals::Trace { .. } => requests.len() as f64 / scenario.duration_s.max(1e-9),
+    };
+    t.ttft_slo_s = scenario.config.slo.ttft_s;
+    t.itl_slo_s = scenario.config.slo.itl_s;
+    t.window_s = scenario.duration_s;
+    let mean_mtbf_s = {
+        let m: Vec<f64> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.availability.mtbf_hours * 3600.0)
+            .filter(|m| m.is_finite())
+            .collect();
+        m.iter().sum::<f64>() / m.len().max(1) as f64
+    };
+    t.failure_speedup = match &scenario.churn {
+        ChurnSpec::None => 0.0,
+        ChurnSpec::Exponential {
+            mtbf_s: Some(m), ..
+        } => (mean_mtbf_s / m).max(0.0),
+        ChurnSpec::Exponential { scale, .. } => *scale,
+        ChurnSpec::Weibull { speedup, .. } => *speedup,
+        ChurnSpec::Trace { .. } => 1.0,
+    }
+    .min(1e9);
+    o
 }
 
 /// Strategy names from `all` or a comma-separated list, each checked.

@@ -38,6 +38,10 @@ pub struct StrategyResult {
     /// The histograms (written as `.hgrm`, not into JSON).
     #[serde(skip)]
     pub latency: LatencyReport,
+    /// What the planner's analytic model
+    /// ([`tokenflow_planner::service_model`]) predicted for the first plan.
+    #[serde(default)]
+    pub predicted: Option<tokenflow_planner::service_model::ServicePrediction>,
 }
 
 impl StrategyResult {
@@ -54,6 +58,7 @@ impl StrategyResult {
                 stats: r.outcome.stats,
                 timeline: r.outcome.timeline,
                 latency: r.outcome.latency,
+                predicted: None,
             },
             Err(e) => StrategyResult {
                 strategy: strategy.to_string(),
@@ -65,6 +70,7 @@ impl StrategyResult {
                 latency_ms: Vec::new(),
                 timeline: Timeline::default(),
                 latency: LatencyReport::new(),
+                predicted: None,
             },
         }
     }

@@ -11,10 +11,12 @@ use crate::profile::ModelProfile;
 pub mod availability;
 pub mod chain_dp;
 pub mod even;
+pub mod goodput;
 pub mod local_search;
 pub mod max_flow;
 pub mod memory_proportional;
 pub mod odp;
+pub mod parallax;
 pub mod petals;
 pub mod swarm;
 
@@ -28,6 +30,9 @@ pub struct Context<'a> {
     pub options: &'a PlanOptions,
     /// Cost model built from the model and options.
     pub cost: CostModel,
+    /// A second opinion on candidate plans (the simulator's), for strategies
+    /// that search over candidates (`goodput`); `None` plans by models alone.
+    pub check: Option<&'a dyn goodput::PlanCheck>,
 }
 
 impl<'a> Context<'a> {
@@ -38,7 +43,14 @@ impl<'a> Context<'a> {
             model,
             options,
             cost: CostModel::new(model, options),
+            check: None,
         }
+    }
+
+    /// The same context with a plan check for searching strategies.
+    pub fn with_check(mut self, check: &'a dyn goodput::PlanCheck) -> Self {
+        self.check = Some(check);
+        self
     }
 
     /// Number of layers.
@@ -101,6 +113,11 @@ pub trait Strategy: Send + Sync {
     fn citation(&self) -> &'static str;
     /// Produces a validated plan.
     fn plan(&self, ctx: &Context) -> Result<Plan, PlanError>;
+    /// Whether the strategy reads [`Context::check`] (an executor that can
+    /// check plans, the simulator, builds one only for such strategies).
+    fn uses_check(&self) -> bool {
+        false
+    }
 }
 
 /// Every strategy, in the order of the issue (SWARM, the Helix paper's baseline, beside Petals).
@@ -115,6 +132,8 @@ pub fn all() -> Vec<Box<dyn Strategy>> {
         Box::new(odp::OdpIlp),
         Box::new(availability::AvailabilityReplication),
         Box::new(local_search::LocalSearch),
+        Box::new(parallax::ParallaxPipelines),
+        Box::new(goodput::GoodputSearch),
     ]
 }
 
