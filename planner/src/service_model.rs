@@ -112,6 +112,8 @@ struct NodeTerm {
     fail_rate: f64,
     /// Steady-state availability.
     availability: f64,
+    /// Mean time to repair, seconds (after the speed-up).
+    repair_s: f64,
     /// Bytes per request sent off the node by its span (prompt and output
     /// activations), and the uplink that carries them.
     up_bytes: f64,
@@ -188,6 +190,11 @@ fn shape(plan: &Plan, cluster: &Cluster, cm: &CostModel, options: &PlanOptions) 
             kv_seqs,
             fail_rate: node.availability.failures_per_hour() / 3600.0 * speed,
             availability: node.availability.steady_state(),
+            repair_s: if speed > 0.0 {
+                node.availability.mttr_hours * 3600.0 / speed
+            } else {
+                0.0
+            },
             up_bytes: (prompt + output) * end_bytes,
             uplink_bps: node.uplink_bps,
         });
@@ -560,13 +567,34 @@ pub fn predict(
                 .map_or_else(String::new, |l| format!("link {}", l.name))
         }
     };
-    let (mut lo, mut hi) = (0.0, 1.0);
+    // Bracket from the target rate (doubling or halving), then bisect to 0.1%.
+    let start = if target.request_rate > 0.0 {
+        target.request_rate
+    } else {
+        1.0
+    };
     let mut limit = String::new();
-    let mut grow = 0;
-    while steady(&sh, cluster, cm, options, hi).is_ok() && grow < 60 {
-        lo = hi;
-        hi *= 2.0;
-        grow += 1;
+    let (mut lo, mut hi);
+    if steady(&sh, cluster, cm, options, start).is_ok() {
+        (lo, hi) = (start, 2.0 * start);
+        for _ in 0..60 {
+            if steady(&sh, cluster, cm, options, hi).is_err() {
+                break;
+            }
+            lo = hi;
+            hi *= 2.0;
+        }
+    } else {
+        (lo, hi) = (0.0, start);
+        let mut probe = start / 2.0;
+        for _ in 0..60 {
+            if steady(&sh, cluster, cm, options, probe).is_ok() {
+                lo = probe;
+                break;
+            }
+            hi = probe;
+            probe /= 2.0;
+        }
     }
     for _ in 0..40 {
         let mid = 0.5 * (lo + hi);
@@ -577,7 +605,7 @@ pub fn predict(
                 limit = name(k);
             }
         }
-        if hi - lo < 1e-4 * hi {
+        if hi - lo < 1e-3 * hi {
             break;
         }
     }
@@ -650,8 +678,34 @@ pub fn predict(
     let outage_s = sh.max_span_load_s + replay_s;
     let outage_loss_per_s = sh.stage_loss_rate
         * (st.in_flight + served * outage_s * (1.0 - (target.ttft_slo_s / outage_s).min(1.0)));
-    let failure_loss =
-        ((restarts_per_s * restart_misses + outage_loss_per_s) / served.max(1e-12)).clamp(0.0, 1.0);
+    // Capacity while a replica is down: its stage's other replicas take its
+    // share, so the plan sustains about `max_rate · (1 − share)`; above that
+    // a backlog grows for the repair time and drains after it, and requests
+    // that arrive while it is past the TTFT bound miss it (single replicas
+    // are the re-plan term above).
+    let mut degraded_loss = 0.0;
+    if target.failure_speedup > 0.0 {
+        for nd in &sh.nodes {
+            if nd.share >= 0.999 || nd.repair_s <= 0.0 {
+                continue;
+            }
+            let mu = max_rate * (1.0 - nd.share);
+            if served <= mu {
+                continue;
+            }
+            // The wait rises at (served − μ)/μ seconds per second during the
+            // repair and falls at (max − served)/max after it; arrivals miss
+            // while it is above the TTFT bound.
+            let rise = (served - mu) / mu.max(1e-9);
+            let fall = ((max_rate - served) / max_rate).max(1e-3);
+            let peak = rise * nd.repair_s;
+            let missed_s = (peak - target.ttft_slo_s).max(0.0) * (1.0 / rise + 1.0 / fall);
+            degraded_loss += nd.fail_rate * missed_s;
+        }
+    }
+    let failure_loss = ((restarts_per_s * restart_misses + outage_loss_per_s) / served.max(1e-12)
+        + degraded_loss)
+        .clamp(0.0, 1.0);
     let mut slo_share = ttft_share * itl_share * (1.0 - failure_loss);
     let tail = st.ttft_s + output * st.itl_s;
     let goodput = if rate <= served * 1.0001 {

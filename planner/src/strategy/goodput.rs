@@ -305,7 +305,10 @@ impl Strategy for GoodputSearch {
                 .then(b.predicted.max_rate.total_cmp(&a.predicted.max_rate))
         };
         cands.sort_by(by_model);
-        let deadline = t0 + std::time::Duration::from_secs_f64(ctx.options.time_limit_s.max(0.05));
+        // The evaluation count bounds the climbs; the clock (five times the
+        // time limit) only guards huge clusters, and the notes say when it struck.
+        let deadline =
+            t0 + std::time::Duration::from_secs_f64(5.0 * ctx.options.time_limit_s.max(0.05));
         let starts: Vec<usize> = (0..cands.len().min(3)).collect();
         let mut climbed = Vec::new();
         for k in starts {
@@ -313,6 +316,7 @@ impl Strategy for GoodputSearch {
                 climbed.push(c);
             }
         }
+        let timed_out = Instant::now() > deadline;
         cands.extend(climbed);
         cands.sort_by(by_model);
         // Distinct plans only (several seeds give the same layout).
@@ -329,8 +333,12 @@ impl Strategy for GoodputSearch {
                 // (their objectives see what the model may miss).
                 let mut checked: Vec<usize> =
                     (0..distinct.len().min(ctx.options.check_candidates)).collect();
+                let top = distinct.first().map_or(0.0, |c| c.predicted.goodput_tok_s);
                 for (k, c) in distinct.iter().enumerate() {
-                    if SEEDS.contains(&c.origin.as_str()) && !checked.contains(&k) {
+                    if SEEDS.contains(&c.origin.as_str())
+                        && c.predicted.goodput_tok_s >= 0.25 * top
+                        && !checked.contains(&k)
+                    {
                         checked.push(k);
                     }
                 }
@@ -373,6 +381,12 @@ impl Strategy for GoodputSearch {
             distinct.len() + 1,
             t0.elapsed().as_secs_f64()
         ));
+        if timed_out {
+            plan.notes.push(format!(
+                "hill climbing stopped at {:.1} s (5 x time_limit_s): the plan may differ on a faster machine",
+                5.0 * ctx.options.time_limit_s
+            ));
+        }
         plan.notes.extend(notes);
         // Each candidate's routing is its own (Parallax's fixed pipelines,
         // max-flow weights for the rest), so it is kept as it is.
