@@ -68,11 +68,16 @@ pub enum RouterChoice {
     InterleavedWrr,
     /// [`LeastLoaded`]: the replica with the fewest active sequences, stage by stage.
     LeastLoaded,
+    /// [`ParallaxDp`]: Parallax's phase-2 dynamic program over node spans
+    /// (round trip plus per-layer latency, full nodes excluded).
+    Parallax,
 }
 
 /// A router name that is not one of [`RouterChoice`]'s.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("unknown router `{name}` (min-latency, interleaved-wrr (round-robin, wrr), least-loaded)")]
+#[error(
+    "unknown router `{name}` (min-latency, interleaved-wrr (round-robin, wrr), least-loaded, parallax)"
+)]
 pub struct UnknownRouter {
     /// The name given.
     pub name: String,
@@ -80,10 +85,11 @@ pub struct UnknownRouter {
 
 impl RouterChoice {
     /// Every choice, in the order of the help text.
-    pub const ALL: [RouterChoice; 3] = [
+    pub const ALL: [RouterChoice; 4] = [
         RouterChoice::MinLatency,
         RouterChoice::InterleavedWrr,
         RouterChoice::LeastLoaded,
+        RouterChoice::Parallax,
     ];
 
     /// The router's own name (what [`RouterChoice::parse`] reads back).
@@ -92,16 +98,18 @@ impl RouterChoice {
             RouterChoice::MinLatency => "min-latency",
             RouterChoice::InterleavedWrr => "interleaved-wrr",
             RouterChoice::LeastLoaded => "least-loaded",
+            RouterChoice::Parallax => "parallax",
         }
     }
 
-    /// Parses `min-latency`, `interleaved-wrr` (also `round-robin`, `wrr`) or
-    /// `least-loaded`.
+    /// Parses `min-latency`, `interleaved-wrr` (also `round-robin`, `wrr`),
+    /// `least-loaded` or `parallax`.
     pub fn parse(name: &str) -> Result<RouterChoice, UnknownRouter> {
         match name.trim() {
             "min-latency" => Ok(RouterChoice::MinLatency),
             "interleaved-wrr" | "round-robin" | "wrr" => Ok(RouterChoice::InterleavedWrr),
             "least-loaded" => Ok(RouterChoice::LeastLoaded),
+            "parallax" => Ok(RouterChoice::Parallax),
             other => Err(UnknownRouter { name: other.into() }),
         }
     }
@@ -112,6 +120,7 @@ impl RouterChoice {
             RouterChoice::MinLatency => Box::new(MinLatency::new(plan, cluster, cost)),
             RouterChoice::InterleavedWrr => Box::new(InterleavedWrr::new(plan)),
             RouterChoice::LeastLoaded => Box::new(LeastLoaded::new(plan)),
+            RouterChoice::Parallax => Box::new(ParallaxDp::new(plan, cluster, cost)),
         }
     }
 }
@@ -337,6 +346,110 @@ impl Router for InterleavedWrr {
                 .pick(&options)
                 .ok_or(RouteError::StageUnavailable { stage: s })?;
             path.push(node.clone());
+        }
+        Ok(hops(path))
+    }
+}
+
+/// Parallax's phase-2 router (GradientHQ/parallax `src/scheduling/request_routing.py`,
+/// `DynamicProgrammingRouting.find_optimal_path`, at commit 162354a0): a
+/// dynamic program over node spans, `dp[v] = min_u dp[u] + rtt(u, v) + lat(v)`,
+/// where `lat(v)` is the node's per-layer decode latency (Parallax's roofline
+/// estimate, here the cost model's step time at batch 1 over the span's
+/// layers, divided by them, counted once per node as Parallax's code does)
+/// plus its load compensator (0.05 ms × load), and a full node
+/// (load ≥ 0.95, Parallax's `current_requests >= max_requests`) is excluded.
+/// Where spans overlap (plans of other strategies), a hop may enter the next
+/// node in the middle of its span; Parallax's own plans tile exactly.
+pub struct ParallaxDp {
+    plan: Plan,
+    /// Per node of the plan: (cluster index, first stage, last stage, per-layer latency s).
+    spans: Vec<(usize, usize, usize, f64)>,
+    cluster: Cluster,
+}
+
+/// Parallax's `load_compensator`, seconds at full load.
+const PARALLAX_LOAD_COMPENSATOR_S: f64 = 0.05e-3;
+
+impl ParallaxDp {
+    /// A router over `plan` (it keeps its own copies, so it can live in an operator).
+    pub fn new(plan: &Plan, cluster: &Cluster, cost: &CostModel) -> Self {
+        let mut spans = Vec::new();
+        for (id, first, last) in plan.node_stage_spans() {
+            let Some(i) = cluster.index_of(&id) else {
+                continue;
+            };
+            let layers = plan.stages[first].start as usize..plan.stages[last].end as usize;
+            let per_layer = cost.step_time(&cluster.nodes[i].gpu, &layers, 1.0, 0.0)
+                / layers.len().max(1) as f64;
+            spans.push((i, first, last, per_layer));
+        }
+        // By last stage: a node's predecessors end before it does.
+        spans.sort_by_key(|s| (s.2, s.1, s.0));
+        ParallaxDp {
+            plan: plan.clone(),
+            spans,
+            cluster: cluster.clone(),
+        }
+    }
+}
+
+impl Router for ParallaxDp {
+    fn name(&self) -> &'static str {
+        "parallax"
+    }
+    fn route(&mut self, state: &RouterState) -> Result<Vec<Hop>, RouteError> {
+        let stages = self.plan.stages.len();
+        let n = self.spans.len();
+        // dp[v] = (cost, predecessor, entry stage)
+        let mut dp: Vec<(f64, Option<usize>, usize)> = vec![(f64::INFINITY, None, 0); n];
+        for v in 0..n {
+            let (i, first, last, per_layer) = self.spans[v];
+            let id = &self.cluster.nodes[i].id;
+            let load = state.load(id);
+            if !state.usable(id) || load >= 0.95 {
+                continue;
+            }
+            let lat = per_layer + PARALLAX_LOAD_COMPENSATOR_S * load;
+            if first == 0 {
+                dp[v] = (lat, None, 0);
+            }
+            for u in 0..v {
+                let (j, _, last_u, _) = self.spans[u];
+                let entry = last_u + 1;
+                if dp[u].0.is_infinite() || entry < first || entry > last || j == i {
+                    continue;
+                }
+                let rtt = 2.0 * self.cluster.link(j, i).latency_s;
+                let c = dp[u].0 + rtt + lat;
+                if c < dp[v].0 {
+                    dp[v] = (c, Some(u), entry);
+                }
+            }
+        }
+        let end = (0..n)
+            .filter(|&v| self.spans[v].2 + 1 == stages && dp[v].0.is_finite())
+            .min_by(|&a, &b| dp[a].0.total_cmp(&dp[b].0))
+            .ok_or_else(|| {
+                // The first stage no usable node can start.
+                let stage = (0..stages)
+                    .find(|&s| {
+                        !self.plan.stages[s]
+                            .replicas
+                            .iter()
+                            .any(|r| state.usable(&r.node) && state.load(&r.node) < 0.95)
+                    })
+                    .unwrap_or(0);
+                RouteError::StageUnavailable { stage }
+            })?;
+        let mut path = vec![String::new(); stages];
+        let mut v = Some(end);
+        while let Some(k) = v {
+            let (i, _, last, _) = self.spans[k];
+            for p in path.iter_mut().take(last + 1).skip(dp[k].2) {
+                *p = self.cluster.nodes[i].id.clone();
+            }
+            v = dp[k].1;
         }
         Ok(hops(path))
     }

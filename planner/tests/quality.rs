@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tokenflow_planner::error::{PlanError, ValidationError};
-use tokenflow_planner::router::{InterleavedWrr, LeastLoaded, MinLatency, Router, RouterState};
+use tokenflow_planner::router::{
+    InterleavedWrr, LeastLoaded, MinLatency, ParallaxDp, Router, RouterState,
+};
 use tokenflow_planner::strategy::{self, Context};
 use tokenflow_planner::{Cluster, PlanOptions, plan_with, presets};
 
@@ -247,6 +249,7 @@ fn routers_follow_weights_and_mask_down_nodes() {
         &mut InterleavedWrr::new(&plan) as &mut dyn Router,
         &mut MinLatency::new(&plan, &c, &cost),
         &mut LeastLoaded::new(&plan),
+        &mut ParallaxDp::new(&plan, &c, &cost),
     ] {
         for _ in 0..20 {
             match router.route(&state) {
@@ -259,6 +262,79 @@ fn routers_follow_weights_and_mask_down_nodes() {
         state.kv_free_seqs.insert(r.node.clone(), 0);
     }
     assert!(MinLatency::new(&plan, &c, &cost).route(&state).is_err());
+    assert!(ParallaxDp::new(&plan, &c, &cost).route(&state).is_err());
+}
+
+#[test]
+fn parallax_builds_disjoint_pipelines_and_its_router_keeps_off_full_nodes() {
+    let c = scenario("helix-24.toml");
+    let m = presets::model("LLaMA-30B").unwrap();
+    let opts = PlanOptions::default();
+    let plan = plan_with("parallax", &c, &m, &opts).unwrap();
+    plan.validate(&c, &m).unwrap();
+    // Every stage has one replica per pipeline, each 1/k, and next hops stay
+    // within a pipeline: k chains of distinct nodes.
+    let k = plan.stages[0].replicas.len();
+    assert!(k >= 1);
+    for st in &plan.stages {
+        assert_eq!(st.replicas.len(), k, "{st:?}");
+        for r in &st.replicas {
+            assert!((r.weight - 1.0 / k as f64).abs() < 1e-12);
+        }
+    }
+    let spans = plan.node_layers();
+    let mut seen = std::collections::HashSet::new();
+    for (node, _) in &spans {
+        assert!(seen.insert(node.clone()), "{node} in two pipelines");
+    }
+    assert!(plan.notes[0].contains("pipelines"), "{:?}", plan.notes);
+    // The router's path covers every stage in order; a full node is avoided.
+    let cost = tokenflow_planner::cost::CostModel::new(&m, &opts);
+    let mut state = RouterState::default();
+    let mut router = ParallaxDp::new(&plan, &c, &cost);
+    let path = router.route(&state).unwrap();
+    let mut next = 0;
+    for h in &path {
+        assert_eq!(h.first, next);
+        next = h.last + 1;
+    }
+    assert_eq!(next, plan.stages.len());
+    if k > 1 {
+        let first = path[0].node.clone();
+        state.load.insert(first.clone(), 0.95);
+        let again = router.route(&state).unwrap();
+        assert!(again.iter().all(|h| h.node != first), "{again:?}");
+    }
+}
+
+#[test]
+fn goodput_plans_for_the_target_and_says_what_it_predicts() {
+    let c = scenario("helix-24.toml");
+    let m = presets::model("LLaMA-30B").unwrap();
+    let mut opts = PlanOptions::default();
+    opts.target.request_rate = 3.0;
+    let plan = plan_with("goodput", &c, &m, &opts).unwrap();
+    plan.validate(&c, &m).unwrap();
+    assert_eq!(plan.strategy, "goodput");
+    assert!(
+        plan.notes[0].contains("predicted goodput"),
+        "{:?}",
+        plan.notes
+    );
+    // Its prediction is at least that of every other strategy's plan at the
+    // same target (they are among its candidates).
+    let cost = tokenflow_planner::cost::CostModel::new(&m, &opts);
+    let own = tokenflow_planner::service_model::predict(&plan, &c, &cost, &opts).goodput_tok_s;
+    for other in ["swarm", "availability", "chain-dp", "even"] {
+        let p = plan_with(other, &c, &m, &opts).unwrap();
+        let g = tokenflow_planner::service_model::predict(&p, &c, &cost, &opts).goodput_tok_s;
+        assert!(own >= g - 1e-9, "{other}: {g} > goodput's {own}");
+    }
+    // The same inputs give the same plan (no clock in the search on this size).
+    assert_eq!(
+        plan_with("goodput", &c, &m, &opts).unwrap().stages,
+        plan.stages
+    );
 }
 
 #[test]

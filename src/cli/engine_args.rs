@@ -53,7 +53,7 @@ pub struct EngineArgs {
     /// Block ranges, one stage per cluster node in order, e.g. `0..10,10..20,20..30`.
     #[arg(long)]
     pub stages: Option<String>,
-    /// Router for new sequences: min-latency, round-robin, least-loaded.
+    /// Router for new sequences: min-latency, round-robin, least-loaded, parallax.
     #[arg(long, default_value = "min-latency")]
     pub router: String,
     /// Timely worker threads (per process).
