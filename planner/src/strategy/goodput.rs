@@ -206,49 +206,15 @@ impl GoodputSearch {
         let mut evaluations = 0;
         let nodes = ctx.cluster.len();
         'outer: loop {
-            let mut cands: Vec<Layout> = Vec::new();
-            for s in 0..cur.len().saturating_sub(1) {
-                for d in [-1i64, 1] {
-                    let b = cur[s].0.end as i64 + d;
-                    if b <= cur[s].0.start as i64 || b >= cur[s + 1].0.end as i64 {
-                        continue;
-                    }
-                    let mut l = cur.clone();
-                    l[s].0.end = b as usize;
-                    l[s + 1].0.start = b as usize;
-                    cands.push(l);
-                }
-            }
-            let placed: Vec<Option<usize>> = (0..nodes)
-                .map(|i| cur.iter().position(|(_, ns)| ns.contains(&i)))
-                .collect();
-            for (i, at) in placed.iter().enumerate() {
-                if let Some(a) = at
-                    && cur[*a].1.len() > 1
-                {
-                    let mut l = cur.clone();
-                    l[*a].1.retain(|&x| x != i);
-                    cands.push(l);
-                }
-                for t in 0..cur.len() {
-                    if *at == Some(t) {
-                        continue;
-                    }
-                    let mut l = cur.clone();
-                    if let Some(a) = at {
-                        l[*a].1.retain(|&x| x != i);
-                    }
-                    l[t].1.push(i);
-                    l[t].1.sort_unstable();
-                    cands.push(l);
-                }
-            }
+            let placed = super::moves::placement(&cur, nodes);
             let mut improved = false;
-            for c in cands {
+            let mut next = None;
+            for m in super::moves::moves(&cur, &placed, true) {
                 if Instant::now() > deadline || evaluations >= CLIMB_EVALUATIONS {
                     break 'outer;
                 }
                 evaluations += 1;
+                let c = super::moves::apply(&cur, &placed, m, true);
                 let Some(plan) = build(ctx, &c) else {
                     continue;
                 };
@@ -256,11 +222,14 @@ impl GoodputSearch {
                 if p.goodput_tok_s > best * (1.0 + 1e-6) + 1e-9 {
                     best = p.goodput_tok_s;
                     best_pred = p;
-                    cur = c;
+                    next = Some(c);
                     moves += 1;
                     improved = true;
                     break;
                 }
+            }
+            if let Some(c) = next {
+                cur = c;
             }
             if !improved {
                 break;

@@ -106,52 +106,27 @@ impl Strategy for LocalSearch {
         let (mut moves, mut timed_out) = (0, false);
         let nodes = ctx.cluster.len();
         'outer: loop {
-            let mut candidates: Vec<Layout> = Vec::new();
-            // Shift a boundary by one layer.
-            for s in 0..cur.len().saturating_sub(1) {
-                for d in [-1i64, 1] {
-                    let mut l = cur.clone();
-                    let b = l[s].0.end as i64 + d;
-                    if b <= l[s].0.start as i64 || b >= l[s + 1].0.end as i64 {
-                        continue;
-                    }
-                    l[s].0.end = b as usize;
-                    l[s + 1].0.start = b as usize;
-                    candidates.push(l);
-                }
-            }
-            // Move a node, or add an unused one.
-            let placed: Vec<Option<usize>> = (0..nodes)
-                .map(|i| cur.iter().position(|(_, ns)| ns.contains(&i)))
-                .collect();
-            for (i, at) in placed.iter().enumerate() {
-                for t in 0..cur.len() {
-                    if *at == Some(t) {
-                        continue;
-                    }
-                    let mut l = cur.clone();
-                    if let Some(a) = at {
-                        l[*a].1.retain(|&x| x != i);
-                    }
-                    l[t].1.push(i);
-                    candidates.push(l);
-                }
-            }
+            let placed = super::moves::placement(&cur, nodes);
             let mut improved = false;
-            for c in candidates {
+            let mut next = None;
+            for m in super::moves::moves(&cur, &placed, false) {
                 if t0.elapsed().as_secs_f64() > deadline {
                     timed_out = true;
                     break 'outer;
                 }
+                let c = super::moves::apply(&cur, &placed, m, false);
                 if let Some((s, _)) = score(ctx, &c)
                     && s > best * (1.0 + 1e-9) + 1e-12
                 {
                     best = s;
-                    cur = c;
+                    next = Some(c);
                     moves += 1;
                     improved = true;
                     break;
                 }
+            }
+            if let Some(c) = next {
+                cur = c;
             }
             if !improved {
                 break;

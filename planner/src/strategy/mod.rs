@@ -15,6 +15,7 @@ pub mod goodput;
 pub mod local_search;
 pub mod max_flow;
 pub mod memory_proportional;
+pub mod moves;
 pub mod odp;
 pub mod parallax;
 pub mod petals;

@@ -38,8 +38,42 @@ pub const PARAM_MEMORY_SHARE: f64 = 0.5;
 /// Memoised states per pipeline count before the program gives up on that count.
 pub const STATE_BUDGET: usize = 400_000;
 
+/// Largest cluster the dynamic program runs on; above it pipelines are filled
+/// greedily in join order (Parallax's `GreedyLayerAllocator`).
+pub const DP_MAX_GPUS: usize = 128;
+
 /// Parallax's pipelines.
 pub struct ParallaxPipelines;
+
+/// Pipelines filled one after another in join order: each GPU joins the open
+/// pipeline, which closes once the GPU can hold the rest with the head.
+fn greedy_pipelines(caps: &[Capacity], layers: u32) -> Vec<Vec<usize>> {
+    let mut done = Vec::new();
+    let mut open: Option<(u32, Vec<usize>)> = None;
+    for (i, c) in caps.iter().enumerate() {
+        match open.take() {
+            None => {
+                if c.embed >= layers {
+                    done.push(vec![i]);
+                } else if c.embed > 0 {
+                    open = Some((layers - c.embed, vec![i]));
+                }
+            }
+            Some((left, mut gpus)) => {
+                gpus.push(i);
+                if c.head >= left {
+                    done.push(gpus);
+                } else if c.plain >= left {
+                    // Holds the rest but not with the head (as the program counts it).
+                    open = Some((left - c.head, gpus));
+                } else {
+                    open = Some((left - c.plain, gpus));
+                }
+            }
+        }
+    }
+    done
+}
 
 /// Layer capacities of one GPU as a middle, first and last stage.
 #[derive(Debug, Clone, Copy)]
@@ -301,7 +335,8 @@ impl Strategy for ParallaxPipelines {
         let k_max = caps.len().min((total / layers as u64) as usize);
         let mut best: Option<(f64, usize, Vec<Vec<usize>>)> = None;
         let mut cut_short = Vec::new();
-        for k in 1..=k_max {
+        let dp_counts = if caps.len() > DP_MAX_GPUS { 0 } else { k_max };
+        for k in 1..=dp_counts {
             let mut dp = Dp {
                 caps: &caps,
                 suffix: suffix.clone(),
@@ -323,6 +358,18 @@ impl Strategy for ParallaxPipelines {
             }
             if dp.exhausted && k > 1 && best.is_some() {
                 break;
+            }
+        }
+        let mut greedy = false;
+        if best.is_none() {
+            // Too many GPUs for the program (or it found nothing within its
+            // budget): Parallax's greedy allocator, pipelines filled in join order.
+            let p = greedy_pipelines(&caps, layers);
+            if !p.is_empty() {
+                let stages: usize = p.iter().map(Vec::len).sum();
+                let k = p.len();
+                best = Some(((k * k) as f64 / stages as f64, k, p));
+                greedy = true;
             }
         }
         let Some((score, _, pipelines)) = best else {
@@ -418,6 +465,11 @@ impl Strategy for ParallaxPipelines {
         if reordered + dropped > 0 {
             plan.notes.push(format!(
                 "{reordered} pipelines filled in the program's order, {dropped} dropped: ordered by capacity they could not hold every layer"
+            ));
+        }
+        if greedy {
+            plan.notes.push(format!(
+                "greedy allocation in join order (the program runs up to {DP_MAX_GPUS} GPUs)"
             ));
         }
         if !cut_short.is_empty() {
