@@ -18,9 +18,19 @@ pub struct PlanArgs {
     /// Model: a preset (`LLaMA-30B`, `Llama-2-70B`, `Llama-3-8B`), a profile JSON/TOML, or a GGUF file.
     #[arg(long)]
     pub model: String,
-    /// Strategy: even, memory-proportional, petals, chain-dp, max-flow, odp, availability, local-search.
+    /// Strategy: even, memory-proportional, petals, swarm, chain-dp, max-flow, odp, availability, local-search, parallax, goodput.
     #[arg(long, default_value = "max-flow")]
     pub strategy: String,
+    /// Demand the `goodput` strategy plans for, requests per second (default:
+    /// half of each candidate's sustainable rate).
+    #[arg(long, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// SLO the `goodput` strategy plans for: `ttft=DUR,itl=DUR` (default `ttft=5s,itl=400ms`).
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// How many times faster than the cluster file's MTBF/MTTR nodes fail (0: no failures), for `goodput`.
+    #[arg(long, allow_negative_numbers = true)]
+    pub failure_speedup: Option<f64>,
     /// Run every strategy on the same inputs and print one table.
     #[arg(long)]
     pub compare: bool,
@@ -63,6 +73,20 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         tokenflow_planner::units::duration_from_secs("--milp-time-limit", t)?;
         options.milp_time_limit_s = t;
     }
+    if let Some(r) = args.rate {
+        options.target.request_rate = r;
+    }
+    if let Some(slo) = &args.slo {
+        let slo = tokenflow_sim::Slo::parse(slo).context("--slo")?;
+        options.target.ttft_slo_s = slo.ttft_s;
+        options.target.itl_slo_s = slo.itl_s;
+    }
+    if let Some(f) = args.failure_speedup {
+        options.target.failure_speedup = f;
+    }
+    options
+        .validate()
+        .context("--rate / --slo / --failure-speedup")?;
     if args.compare {
         let comparison = compare_all(&cluster, &model, &options);
         println!("{}", comparison.to_markdown());
