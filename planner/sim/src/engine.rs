@@ -146,6 +146,11 @@ pub struct SimStats {
     pub replan_failures: u64,
     /// GPU-seconds spent in batches.
     pub gpu_busy_s: f64,
+    /// GPU-hours held: nodes that are up and hold layers of the plan,
+    /// integrated over the run (what a provider bills, busy or not).
+    pub gpu_hours: f64,
+    /// Scaling steps of the load-aware policy that changed the plan.
+    pub scalings: u64,
     /// Events processed.
     pub events: u64,
     /// Router calls made.
@@ -252,11 +257,22 @@ pub(crate) struct RunInputs<'a> {
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     Arrival(u32),
-    NodeDone { node: u32, epoch: u32 },
-    Deliver { node: u32, msg: u32 },
+    NodeDone {
+        node: u32,
+        epoch: u32,
+    },
+    Deliver {
+        node: u32,
+        msg: u32,
+    },
     Kick(u32),
     Churn(u32),
-    Loaded { node: u32, epoch: u32 },
+    Loaded {
+        node: u32,
+        epoch: u32,
+    },
+    /// A scaling decision of the load-aware policy.
+    Scale,
 }
 
 struct Entry {
@@ -382,6 +398,8 @@ struct NodeRt {
     hold_clock: HoldClock,
     /// When a hold ends (a kick is due then).
     hold_until: Option<u64>,
+    /// Being released by the load-aware policy: no new sequences.
+    draining: bool,
 }
 
 impl NodeRt {
@@ -448,6 +466,15 @@ pub(crate) struct Sim<'a> {
     horizon: u64,
     no_path_since: Option<u64>,
     no_path_ns: u64,
+    /// When the held-node count last changed, and the count.
+    held_since: u64,
+    held_nodes: u32,
+    /// Requests arrived so far, and at the last scaling decision.
+    arrived: u64,
+    arrived_at_scale: u64,
+    last_scale_rate: f64,
+    /// A smaller plan waiting for its released nodes to drain.
+    pending_shrink: Option<Plan>,
     resolved: u64,
     last_resolved: u64,
     /// Something changed that may let the head of the queue in.
@@ -557,6 +584,12 @@ impl<'a> Sim<'a> {
             horizon,
             no_path_since: None,
             no_path_ns: 0,
+            held_since: 0,
+            held_nodes: 0,
+            arrived: 0,
+            arrived_at_scale: 0,
+            last_scale_rate: 0.0,
+            pending_shrink: None,
             resolved: 0,
             last_resolved: 0,
             admit_dirty: true,
@@ -601,6 +634,12 @@ impl<'a> Sim<'a> {
             let t = to_ns(self.inp.churn[0].time_s);
             self.push(t, Ev::Churn(0));
         }
+        if let ReplanPolicy::Elastic { interval_s } = self.inp.config.replan
+            && self.inp.strategy.is_some()
+        {
+            self.push(to_ns(interval_s), Ev::Scale);
+        }
+        self.hold_recount();
         let total = self.stats.requests;
         let horizon_s = (self.horizon != u64::MAX).then(|| to_s(self.horizon));
         while let Some(e) = self.heap.pop() {
@@ -618,8 +657,13 @@ impl<'a> Sim<'a> {
                     self.nodes[node as usize].kick = false;
                     self.start_batch(node);
                 }
-                Ev::Churn(k) => self.on_churn(k),
+                Ev::Churn(k) => {
+                    self.hold_account();
+                    self.on_churn(k);
+                    self.hold_recount();
+                }
                 Ev::Loaded { node, epoch } => self.on_loaded(node, epoch),
+                Ev::Scale => self.on_scale(),
             }
             if self.admit_dirty {
                 self.admit_dirty = false;
@@ -655,7 +699,97 @@ impl<'a> Sim<'a> {
         self.finish(end)
     }
 
+    /// Adds the GPU-hours held since the last change, at the count then.
+    fn hold_account(&mut self) {
+        let dt = self.now.saturating_sub(self.held_since);
+        self.stats.gpu_hours += dt as f64 * self.held_nodes as f64 / 3.6e12;
+        self.held_since = self.now;
+    }
+
+    /// Counts the nodes held from now on.
+    fn hold_recount(&mut self) {
+        self.held_nodes = self
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.span.is_some())
+            .count() as u32;
+    }
+
+    /// A scaling decision: the arrival rate since the last one, and the plan
+    /// grown or shrunk by whole replicas to sustain it (see
+    /// [`ReplanPolicy::Elastic`]).
+    fn on_scale(&mut self) {
+        let ReplanPolicy::Elastic { interval_s } = self.inp.config.replan else {
+            return;
+        };
+        let arrived = self.arrived.saturating_sub(self.arrived_at_scale);
+        self.arrived_at_scale = self.arrived;
+        if self.now < to_ns(self.inp.duration_s) {
+            self.push(self.now + to_ns(interval_s), Ev::Scale);
+        }
+        // The rate of the last interval, extrapolated one interval ahead
+        // along its trend (a plan sized for the past lags a rising demand).
+        let last = arrived as f64 / interval_s;
+        let rate = (2.0 * last - self.last_scale_rate).max(last * 0.5);
+        self.last_scale_rate = last;
+        // A release waits until the released nodes have drained (routers
+        // send them nothing new; their sequences finish), so none restarts.
+        if let Some(pending) = self.pending_shrink.take() {
+            if self.nodes.iter().all(|n| !n.draining || n.seqs.is_empty()) {
+                self.apply_scaling(pending);
+            } else {
+                self.pending_shrink = Some(pending);
+            }
+        }
+        let Some(p) = self.plan.as_ref() else {
+            return;
+        };
+        let Some(plan) = super::elastic::rescale(
+            &p.plan,
+            self.inp.cluster,
+            &self.cm,
+            self.inp.options,
+            rate,
+            &|i| self.nodes[i].up && !self.nodes[i].draining,
+        ) else {
+            return;
+        };
+        let cluster = self.inp.cluster;
+        let held = |pl: &Plan| -> Vec<usize> {
+            pl.nodes
+                .iter()
+                .filter_map(|id| cluster.index_of(id))
+                .collect()
+        };
+        let (before, after) = (held(&p.plan), held(&plan));
+        let grows = after.iter().any(|i| !before.contains(i));
+        if grows {
+            self.pending_shrink = None;
+            self.apply_scaling(plan);
+        } else if self.pending_shrink.is_none() {
+            for i in before.into_iter().filter(|i| !after.contains(i)) {
+                self.nodes[i].draining = true;
+            }
+            self.pending_shrink = Some(plan);
+        }
+    }
+
+    /// Installs a resized plan, counting it and the GPU-hours up to now.
+    fn apply_scaling(&mut self, plan: Plan) {
+        for n in &mut self.nodes {
+            n.draining = false;
+        }
+        self.hold_account();
+        self.stats.scalings += 1;
+        self.timeline.replans_s.push(to_s(self.now));
+        self.install(plan, false);
+        self.hold_recount();
+        self.admit_dirty = true;
+    }
+
     fn finish(mut self, end: u64) -> SimOutcome {
+        let held = end.saturating_sub(self.held_since);
+        self.stats.gpu_hours += held as f64 * self.held_nodes as f64 / 3.6e12;
         if let Some(s) = self.no_path_since.take() {
             self.no_path_ns += end.saturating_sub(s);
         }
@@ -965,6 +1099,7 @@ impl<'a> Sim<'a> {
         path.iter().all(|h| {
             let nd = &self.nodes[h.node as usize];
             nd.serving()
+                && !nd.draining
                 && nd.kv_free >= self.kv_per_token(h.start as usize, h.end as usize) * tokens
         })
     }
@@ -980,7 +1115,8 @@ impl<'a> Sim<'a> {
         for (k, &i) in p.nodes.iter().enumerate() {
             let nd = &self.nodes[i as usize];
             let (a, b) = nd.span.unwrap_or((0, 0));
-            let masked = nd.kv_free < self.kv_per_token(a as usize, b as usize) * tokens;
+            let masked =
+                nd.draining || nd.kv_free < self.kv_per_token(a as usize, b as usize) * tokens;
             if masked != p.kv_masked[k] {
                 p.kv_masked[k] = masked;
                 let id = cluster.nodes[i as usize].id.clone();
@@ -1281,6 +1417,7 @@ impl<'a> Sim<'a> {
     // ----- events -----------------------------------------------------------------------
 
     fn on_arrival(&mut self, i: u32) {
+        self.arrived += 1;
         self.waiting.push_back(i);
         if self.waiting.len() == 1 && self.restart_q.is_empty() {
             self.admit_dirty = true;
@@ -1653,7 +1790,7 @@ impl<'a> Sim<'a> {
         let replan = lost_stage
             || self.needs_replan
             || match self.inp.config.replan {
-                ReplanPolicy::StageLoss => false,
+                ReplanPolicy::StageLoss | ReplanPolicy::Elastic { .. } => false,
                 ReplanPolicy::OnChange => true,
                 ReplanPolicy::Threshold(f) => self.live_bound() < f * self.first_bound,
             };

@@ -23,6 +23,7 @@
 //! spec syntaxes, and [`spec::RouteCache`] for how 10,000-node plans are routed.
 
 pub mod churn;
+pub mod elastic;
 pub mod engine;
 pub mod error;
 pub mod random;
@@ -458,7 +459,9 @@ fn planning_options(
     }
     let t = &mut o.target;
     t.request_rate = match &scenario.workload.arrivals {
-        Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => *rate,
+        Arrivals::Poisson { rate }
+        | Arrivals::Gamma { rate, .. }
+        | Arrivals::Diurnal { rate, .. } => *rate,
         Arrivals::Trace { .. } => requests.len() as f64 / scenario.duration_s.max(1e-9),
     };
     t.ttft_slo_s = scenario.config.slo.ttft_s;
@@ -523,6 +526,11 @@ fn load_label(w: &WorkloadSpec) -> String {
     match &w.arrivals {
         Arrivals::Poisson { rate } => format!("poisson:rate={rate},{lengths}{cap}"),
         Arrivals::Gamma { rate, cv } => format!("gamma:rate={rate},cv={cv},{lengths}{cap}"),
+        Arrivals::Diurnal {
+            rate,
+            amplitude,
+            period_s,
+        } => format!("diurnal:rate={rate},amplitude={amplitude},period={period_s}s,{lengths}{cap}"),
         Arrivals::Trace { path } => format!("trace:{}", path.display()),
     }
 }

@@ -156,16 +156,38 @@ pub enum ReplanPolicy {
     /// that drops it below, and every return while it stays below (Petals'
     /// rebalancing, which moves servers when throughput would improve enough).
     Threshold(f64),
+    /// Load-aware scaling every `interval_s` seconds (besides stage loss):
+    /// from the arrival rate of the last interval, add replicas to the
+    /// bottleneck stage while the planner's service model says the plan cannot
+    /// sustain [`ELASTIC_HEADROOM`] times it, and release the replica whose
+    /// loss costs least while it still could with [`ELASTIC_RELEASE`] to spare.
+    Elastic {
+        /// Seconds between scaling decisions.
+        interval_s: f64,
+    },
 }
 
+/// The load-aware policy sizes the plan for this many times the measured rate.
+pub const ELASTIC_HEADROOM: f64 = 1.6;
+
+/// A replica is released only if the plan without it still sustains this
+/// many times the headroom's rate (hysteresis against flapping).
+pub const ELASTIC_RELEASE: f64 = 1.25;
+
 impl ReplanPolicy {
-    /// Parses `stage-loss`, `on-change` or `threshold:F` with F in (0, 1].
+    /// Parses `stage-loss`, `on-change`, `threshold:F` with F in (0, 1], or
+    /// `elastic[:INTERVAL]` (default 60 s).
     pub fn parse(text: &str) -> Result<ReplanPolicy, SimError> {
         let t = text.trim();
         match t {
             "stage-loss" | "none" => return Ok(ReplanPolicy::StageLoss),
             "on-change" => return Ok(ReplanPolicy::OnChange),
+            "elastic" => return Ok(ReplanPolicy::Elastic { interval_s: 60.0 }),
             _ => {}
+        }
+        if let Some(d) = t.strip_prefix("elastic:") {
+            let v = positive("replan.elastic", duration("replan.elastic", d)?)?;
+            return Ok(ReplanPolicy::Elastic { interval_s: v });
         }
         if let Some(f) = t.strip_prefix("threshold:") {
             let v: f64 = f.trim().parse().map_err(|e| SimError::Spec {
@@ -185,7 +207,8 @@ impl ReplanPolicy {
         Err(SimError::Spec {
             what: "replan".into(),
             spec: text.into(),
-            message: "expected stage-loss, on-change or threshold:FRACTION".into(),
+            message: "expected stage-loss, on-change, threshold:FRACTION or elastic[:INTERVAL]"
+                .into(),
         })
     }
 }
@@ -196,6 +219,7 @@ impl fmt::Display for ReplanPolicy {
             ReplanPolicy::StageLoss => f.write_str("stage-loss"),
             ReplanPolicy::OnChange => f.write_str("on-change"),
             ReplanPolicy::Threshold(v) => write!(f, "threshold:{v}"),
+            ReplanPolicy::Elastic { interval_s } => write!(f, "elastic:{interval_s}s"),
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Requests: arrival processes (Poisson, gamma for bursts, or a trace file),
+//! Requests: arrival processes (Poisson, gamma for bursts, a diurnal curve, or a trace file),
 //! prompt and output length distributions, and the spec syntax of `--load`.
 //!
 //! ```text
 //! poisson:rate=20[,prompt=LEN][,output=LEN][,requests=N]
 //! gamma:rate=20,cv=4[,prompt=LEN][,output=LEN][,requests=N]   # cv > 1: bursts
+//! diurnal:rate=20,amplitude=0.6,period=24h[,...]   # rate(t) = 20 (1 + 0.6 sin(2πt/24h))
 //! trace:FILE                       # CSV arrival_s,prompt_tokens,output_tokens
 //! LEN = N | uniform:MIN:MAX | lognormal:MEDIAN:SIGMA[:MAX]
 //! ```
@@ -49,6 +50,17 @@ pub enum Arrivals {
         rate: f64,
         /// Coefficient of variation of inter-arrival times.
         cv: f64,
+    },
+    /// Demand that varies over the day: a Poisson process of rate
+    /// `rate · (1 + amplitude · sin(2π t / period_s))` (drawn by thinning a
+    /// process at the peak rate; Lewis and Shedler, 1979).
+    Diurnal {
+        /// Mean requests per second.
+        rate: f64,
+        /// Relative swing in [0, 1): the peak is `rate · (1 + amplitude)`.
+        amplitude: f64,
+        /// Length of one cycle, seconds.
+        period_s: f64,
     },
     /// Requests (arrival and lengths) from a CSV file.
     Trace {
@@ -218,9 +230,28 @@ impl WorkloadSpec {
                 positive("load.cv", cv)?;
                 Arrivals::Gamma { rate, cv }
             }
+            "diurnal" => {
+                let amplitude = kv.float("amplitude")?.unwrap_or(0.5);
+                if !(0.0..1.0).contains(&amplitude) {
+                    return Err(SimError::InvalidNumber {
+                        field: "load.amplitude".into(),
+                        requirement: "in [0, 1)".into(),
+                        value: amplitude,
+                    });
+                }
+                let period_s = match kv.take("period") {
+                    Some(p) => positive("load.period", parse_duration("load.period", &p)?)?,
+                    None => 3600.0,
+                };
+                Arrivals::Diurnal {
+                    rate,
+                    amplitude,
+                    period_s,
+                }
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown arrival process `{other}` (poisson, gamma, trace)"
+                    "unknown arrival process `{other}` (poisson, gamma, diurnal, trace)"
                 )));
             }
         };
@@ -267,7 +298,9 @@ impl WorkloadSpec {
     /// duration, at most `max_requests`; `None` for a trace (its lines count).
     pub fn expected_requests(&self, duration_s: f64) -> Option<f64> {
         let rate = match self.arrivals {
-            Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => rate,
+            Arrivals::Poisson { rate }
+            | Arrivals::Gamma { rate, .. }
+            | Arrivals::Diurnal { rate, .. } => rate,
             Arrivals::Trace { .. } => return None,
         };
         let n = rate * duration_s;
@@ -322,6 +355,7 @@ impl WorkloadSpec {
                 // Poisson's), so the vector rarely grows.
                 let cv = match *a {
                     Arrivals::Gamma { cv, .. } => cv,
+                    Arrivals::Diurnal { amplitude, .. } => 1.0 + amplitude,
                     _ => 1.0,
                 };
                 let room = expected + 6.0 * cv * expected.sqrt() + 16.0;
@@ -336,6 +370,28 @@ impl WorkloadSpec {
                         Arrivals::Gamma { rate, cv } => {
                             let k = 1.0 / (cv * cv);
                             random::gamma(&mut ta, k, 1.0 / (rate * k))
+                        }
+                        Arrivals::Diurnal {
+                            rate,
+                            amplitude,
+                            period_s,
+                        } => {
+                            // Thinning: candidates at the peak rate, each kept
+                            // with probability rate(t) / peak.
+                            let peak = rate * (1.0 + amplitude);
+                            let mut dt = 0.0;
+                            loop {
+                                dt += random::exponential(&mut ta, 1.0 / peak);
+                                let at = t + dt;
+                                let now = rate
+                                    * (1.0
+                                        + amplitude
+                                            * (std::f64::consts::TAU * at / period_s).sin());
+                                if at >= duration_s || random::open01(&mut ta) * peak <= now {
+                                    break;
+                                }
+                            }
+                            dt
                         }
                         Arrivals::Trace { .. } => unreachable!("handled above"),
                     };

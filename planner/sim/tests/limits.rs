@@ -249,3 +249,31 @@ fn churn_with_millisecond_up_and_down_times_is_bounded() {
     let expected = e.expected_events(&cluster.cluster, 3600.0).unwrap();
     assert!((expected - 86_400.0).abs() < 1.0, "{expected}");
 }
+
+#[test]
+fn diurnal_arrivals_follow_their_curve_and_bad_figures_are_named() {
+    // rate(t) = 20 (1 + 0.8 sin(2π t / 400 s)): the first quarter-cycle
+    // around the peak (50..150 s) gets about 1.8 / 0.2 = 9 times the
+    // arrivals of the one around the trough (250..350 s).
+    let w = WorkloadSpec::parse("diurnal:rate=20,amplitude=0.8,period=400s").unwrap();
+    let reqs = w.generate(400.0, 3).unwrap();
+    let count = |a: f64, b: f64| {
+        reqs.iter()
+            .filter(|r| r.arrival_s >= a && r.arrival_s < b)
+            .count() as f64
+    };
+    let (peak, trough) = (count(50.0, 150.0), count(250.0, 350.0));
+    assert!(peak > 4.0 * trough, "peak {peak} trough {trough}");
+    // The mean rate is kept: about 8,000 over one whole period.
+    let n = reqs.len() as f64;
+    assert!((n - 8000.0).abs() < 400.0, "{n}");
+    assert!(reqs.windows(2).all(|p| p[0].arrival_s <= p[1].arrival_s));
+    for (spec, field) in [
+        ("diurnal:rate=2,amplitude=1.5", "amplitude"),
+        ("diurnal:rate=2,period=0s", "period"),
+        ("diurnal:rate=2,amplitude=NaN", "amplitude"),
+    ] {
+        let e = WorkloadSpec::parse(spec).unwrap_err().to_string();
+        assert!(e.contains(field), "{spec}: {e}");
+    }
+}

@@ -648,3 +648,66 @@ fn comparison_writes_tables_plots_and_histograms() {
     assert_eq!(csv.lines().count(), 3);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn elastic_scaling_releases_nodes_at_low_demand_and_adds_them_back() {
+    // A rack of 8 RTX 4090 with Llama-3-8B, one stage on every GPU, under a
+    // demand that swings from 0.3 to 5.7 req/s: the elastic policy holds
+    // fewer GPU-hours than the fixed plan, releases by draining (no restart
+    // without churn), and every request is still served.
+    let cluster = SimCluster::from_path(scenario_dir().join("rack-4090.toml")).unwrap();
+    let model = presets::load_model("Llama-3-8B").unwrap();
+    let scenario = |replan: ReplanPolicy| Scenario {
+        workload: WorkloadSpec::parse(
+            "diurnal:rate=3,amplitude=0.9,period=200s,prompt=uniform:128:896,output=uniform:32:224",
+        )
+        .unwrap(),
+        churn: ChurnSpec::None,
+        duration_s: 400.0,
+        seed: 5,
+        config: SimConfig {
+            drain_s: Some(400.0),
+            scheduler: SchedulerConfig {
+                router: RouterChoice::InterleavedWrr,
+                ..Default::default()
+            },
+            slo: Slo::parse("ttft=2s,itl=100ms").unwrap(),
+            replan,
+            ..Default::default()
+        },
+        options: PlanOptions::default(),
+    };
+    let fixed = scenario(ReplanPolicy::StageLoss);
+    let elastic = scenario(ReplanPolicy::parse("elastic:20s").unwrap());
+    let a = Simulator::new(&cluster, &model, &fixed)
+        .unwrap()
+        .run("even", &mut |_| {})
+        .unwrap();
+    let b = Simulator::new(&cluster, &model, &elastic)
+        .unwrap()
+        .run("even", &mut |_| {})
+        .unwrap();
+    let (fa, fb) = (&a.outcome.stats, &b.outcome.stats);
+    assert_eq!(fa.scalings, 0);
+    assert!(fb.scalings >= 2, "{fb:?}");
+    assert!(
+        fb.gpu_hours < 0.8 * fa.gpu_hours,
+        "{} vs {}",
+        fb.gpu_hours,
+        fa.gpu_hours
+    );
+    // 8 GPUs held for the whole run, to within the run's end.
+    assert!(
+        (fa.gpu_hours - 8.0 * fa.end_s / 3600.0).abs() < 1e-6,
+        "{fa:?}"
+    );
+    assert_eq!(fb.restarts, 0, "released nodes drain first");
+    assert_eq!(fb.completed + fb.rejected, fb.requests);
+    assert_eq!(fa.requests, fb.requests);
+    assert!(
+        ReplanPolicy::parse("elastic:0s")
+            .unwrap_err()
+            .to_string()
+            .contains("elastic")
+    );
+}

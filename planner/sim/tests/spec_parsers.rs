@@ -31,8 +31,8 @@ proptest! {
     /// Text shaped like the specs, with numbers anywhere from NaN to 1e300.
     #[test]
     fn spec_shaped_text(
-        kind in "(poisson|gamma|exp|weibull|trace)",
-        key in "(rate|cv|prompt|output|requests|scale|mtbf|mttr|shape|down-scale|speedup|ttft|itl)",
+        kind in "(poisson|gamma|diurnal|exp|weibull|trace)",
+        key in "(rate|cv|amplitude|period|prompt|output|requests|scale|mtbf|mttr|shape|down-scale|speedup|ttft|itl)",
         value in "(NaN|inf|-inf|-1|0|1e300|1e-300|0.5|3|uniform:1:9|lognormal:5:1|[0-9]{1,4}(ms|s|m|h)?)",
     ) {
         let text = format!("{kind}:{key}={value}");
