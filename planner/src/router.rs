@@ -363,8 +363,11 @@ impl Router for InterleavedWrr {
 /// node in the middle of its span; Parallax's own plans tile exactly.
 pub struct ParallaxDp {
     plan: Plan,
-    /// Per node of the plan: (cluster index, first stage, last stage, per-layer latency s).
+    /// Per node of the plan: (cluster index, first stage, last stage, per-layer latency s),
+    /// sorted by last stage.
     spans: Vec<(usize, usize, usize, f64)>,
+    /// `by_last[s]`: the spans (indices into `spans`) whose last stage is `s`.
+    by_last: Vec<Vec<usize>>,
     cluster: Cluster,
 }
 
@@ -386,9 +389,16 @@ impl ParallaxDp {
         }
         // By last stage: a node's predecessors end before it does.
         spans.sort_by_key(|s| (s.2, s.1, s.0));
+        let mut by_last = vec![Vec::new(); plan.stages.len()];
+        for (k, s) in spans.iter().enumerate() {
+            if let Some(b) = by_last.get_mut(s.2) {
+                b.push(k);
+            }
+        }
         ParallaxDp {
             plan: plan.clone(),
             spans,
+            by_last,
             cluster: cluster.clone(),
         }
     }
@@ -414,10 +424,12 @@ impl Router for ParallaxDp {
             if first == 0 {
                 dp[v] = (lat, None, 0);
             }
-            for u in 0..v {
+            // Predecessors end just before a stage of v's span.
+            let preds = (first.max(1) - 1..last).flat_map(|e| self.by_last[e].iter().copied());
+            for u in preds {
                 let (j, _, last_u, _) = self.spans[u];
                 let entry = last_u + 1;
-                if dp[u].0.is_infinite() || entry < first || entry > last || j == i {
+                if dp[u].0.is_infinite() || entry < first || j == i {
                     continue;
                 }
                 let rtt = 2.0 * self.cluster.link(j, i).latency_s;

@@ -76,10 +76,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     if let Some(r) = args.rate {
         options.target.request_rate = r;
     }
-    if let Some(slo) = &args.slo {
-        let slo = tokenflow_sim::Slo::parse(slo).context("--slo")?;
-        options.target.ttft_slo_s = slo.ttft_s;
-        options.target.itl_slo_s = slo.itl_s;
+    if let Some(text) = &args.slo {
+        // Only the bounds given change (the simulator's parser fills the
+        // other from its own defaults).
+        let slo = tokenflow_sim::Slo::parse(text).context("--slo")?;
+        if text.contains("ttft") {
+            options.target.ttft_slo_s = slo.ttft_s;
+        }
+        if text.contains("itl") {
+            options.target.itl_slo_s = slo.itl_s;
+        }
     }
     if let Some(f) = args.failure_speedup {
         options.target.failure_speedup = f;

@@ -334,6 +334,11 @@ pub fn bytes_per_event() -> u64 {
 
 /// The gamma function for x >= 1 (Lanczos, g = 7: about 15 digits), for the
 /// means of Weibull times; infinite past f64's range.
+/// Mean of a Weibull distribution of shape `k` and scale `scale`: `scale · Γ(1 + 1/k)`.
+pub fn weibull_mean(k: f64, scale: f64) -> f64 {
+    scale * gamma_fn(1.0 + 1.0 / k)
+}
+
 fn gamma_fn(x: f64) -> f64 {
     const G: f64 = 7.0;
     const C: [f64; 9] = [

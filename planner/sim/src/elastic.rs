@@ -26,6 +26,10 @@ type Layout = Vec<(std::ops::Range<usize>, Vec<usize>)>;
 /// Most replicas added or released in one decision.
 const MAX_STEPS: usize = 64;
 
+/// Most replicas tried for release in one step (the slowest of each stage
+/// first): each try is a routing and a model evaluation.
+const RELEASE_TRIES: usize = 32;
+
 fn layout_of(plan: &Plan, cluster: &Cluster) -> Option<Layout> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Layout::new();
@@ -108,17 +112,23 @@ pub fn rescale(
     if !changed {
         for _ in 0..MAX_STEPS {
             let mut best: Option<(f64, usize, usize)> = None;
-            for (s, (_, ns)) in layout.iter().enumerate() {
+            let mut tries: Vec<(f64, usize, usize)> = Vec::new();
+            for (s, (r, ns)) in layout.iter().enumerate() {
                 if ns.len() < 2 {
                     continue;
                 }
-                for k in 0..ns.len() {
-                    let mut l = layout.clone();
-                    l[s].1.remove(k);
-                    let (m, _) = sustain(&l);
-                    if best.is_none_or(|b| m > b.0) {
-                        best = Some((m, s, k));
-                    }
+                for (k, &i) in ns.iter().enumerate() {
+                    tries.push((cm.decode_capacity(&cluster.nodes[i].gpu, r), s, k));
+                }
+            }
+            tries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            tries.truncate(RELEASE_TRIES);
+            for &(_, s, k) in &tries {
+                let mut l = layout.clone();
+                l[s].1.remove(k);
+                let (m, _) = sustain(&l);
+                if best.is_none_or(|b| m > b.0) {
+                    best = Some((m, s, k));
                 }
             }
             match best {

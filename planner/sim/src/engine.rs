@@ -724,13 +724,19 @@ impl<'a> Sim<'a> {
         };
         let arrived = self.arrived.saturating_sub(self.arrived_at_scale);
         self.arrived_at_scale = self.arrived;
-        if self.now < to_ns(self.inp.duration_s) {
-            self.push(self.now + to_ns(interval_s), Ev::Scale);
+        let end = to_ns(self.inp.duration_s);
+        if self.now + to_ns(interval_s).max(1) <= end {
+            self.push(self.now + to_ns(interval_s).max(1), Ev::Scale);
         }
         // The rate of the last interval, extrapolated one interval ahead
-        // along its trend (a plan sized for the past lags a rising demand).
+        // along its trend (a plan sized for the past lags a rising demand);
+        // the first decision has no trend yet.
         let last = arrived as f64 / interval_s;
-        let rate = (2.0 * last - self.last_scale_rate).max(last * 0.5);
+        let rate = if self.last_scale_rate > 0.0 {
+            (2.0 * last - self.last_scale_rate).max(last * 0.5)
+        } else {
+            last
+        };
         self.last_scale_rate = last;
         // A release waits until the released nodes have drained (routers
         // send them nothing new; their sequences finish), so none restarts.
@@ -774,10 +780,21 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Installs a resized plan, counting it and the GPU-hours up to now.
+    /// Installs a resized plan, counting it and the GPU-hours up to now;
+    /// a plan with a stage no live node serves (a failure since it was made)
+    /// is dropped.
     fn apply_scaling(&mut self, plan: Plan) {
         for n in &mut self.nodes {
             n.draining = false;
+        }
+        let cluster = self.inp.cluster;
+        let served = plan.stages.iter().all(|st| {
+            st.replicas
+                .iter()
+                .any(|r| cluster.index_of(&r.node).is_some_and(|i| self.nodes[i].up))
+        });
+        if !served {
+            return;
         }
         self.hold_account();
         self.stats.scalings += 1;
@@ -1823,6 +1840,11 @@ impl<'a> Sim<'a> {
     }
 
     fn replan(&mut self, strategy: &str) {
+        // A re-plan supersedes a release waiting for its nodes to drain.
+        self.pending_shrink = None;
+        for n in &mut self.nodes {
+            n.draining = false;
+        }
         let live: Vec<u32> = (0..self.nodes.len() as u32)
             .filter(|&i| self.nodes[i as usize].up)
             .collect();

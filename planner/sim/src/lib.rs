@@ -218,6 +218,7 @@ impl<'a> Simulator<'a> {
             .churn
             .timeline(&cluster.cluster, horizon, scenario.seed)?;
         let options = planning_options(&cluster.cluster, scenario, &requests);
+        options.validate()?;
         Ok(Simulator {
             cluster,
             model,
@@ -383,7 +384,7 @@ pub struct ShortRun<'s> {
     duration_s: f64,
 }
 
-/// Independent draws of requests and failures a [`ShortRun`] averages over.
+/// Independent draws of requests and failures a [`ShortRun`] takes the worst of.
 pub const CHECK_DRAWS: u64 = 3;
 
 impl<'s> ShortRun<'s> {
@@ -476,16 +477,25 @@ fn planning_options(
             .collect();
         m.iter().sum::<f64>() / m.len().max(1) as f64
     };
-    t.failure_speedup = match &scenario.churn {
-        ChurnSpec::None => 0.0,
-        ChurnSpec::Exponential {
-            mtbf_s: Some(m), ..
-        } => (mean_mtbf_s / m).max(0.0),
-        ChurnSpec::Exponential { scale, .. } => *scale,
-        ChurnSpec::Weibull { speedup, .. } => *speedup,
-        ChurnSpec::Trace { .. } => 1.0,
-    }
-    .min(1e9);
+    // How much more often than the cluster file says nodes fail (the mean
+    // up time the churn draws against the file's mean MTBF); an MTTR
+    // override is not modelled (the planner keeps the file's availability).
+    let up_s = match &scenario.churn {
+        ChurnSpec::None => f64::INFINITY,
+        ChurnSpec::Exponential { mtbf_s, scale, .. } => mtbf_s.unwrap_or(mean_mtbf_s) / scale,
+        ChurnSpec::Weibull {
+            shape,
+            scale_s,
+            speedup,
+            ..
+        } => churn::weibull_mean(*shape, *scale_s) / speedup,
+        ChurnSpec::Trace { .. } => mean_mtbf_s,
+    };
+    t.failure_speedup = if up_s.is_finite() && up_s > 0.0 && mean_mtbf_s > 0.0 {
+        (mean_mtbf_s / up_s).clamp(0.0, 1e9)
+    } else {
+        0.0
+    };
     o
 }
 

@@ -186,7 +186,16 @@ impl ReplanPolicy {
             _ => {}
         }
         if let Some(d) = t.strip_prefix("elastic:") {
-            let v = positive("replan.elastic", duration("replan.elastic", d)?)?;
+            let v = duration("replan.elastic", d)?;
+            // Each decision re-evaluates the plan with the service model; a
+            // sub-second interval would spend the run deciding.
+            if !(v.is_finite() && v >= 1.0) {
+                return Err(SimError::InvalidNumber {
+                    field: "replan.elastic".into(),
+                    requirement: "an interval of at least 1 s".into(),
+                    value: v,
+                });
+            }
             return Ok(ReplanPolicy::Elastic { interval_s: v });
         }
         if let Some(f) = t.strip_prefix("threshold:") {

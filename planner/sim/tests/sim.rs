@@ -704,10 +704,13 @@ fn elastic_scaling_releases_nodes_at_low_demand_and_adds_them_back() {
     assert_eq!(fb.restarts, 0, "released nodes drain first");
     assert_eq!(fb.completed + fb.rejected, fb.requests);
     assert_eq!(fa.requests, fb.requests);
-    assert!(
-        ReplanPolicy::parse("elastic:0s")
-            .unwrap_err()
-            .to_string()
-            .contains("elastic")
-    );
+    for bad in ["elastic:0s", "elastic:0.5s", "elastic:inf"] {
+        assert!(
+            ReplanPolicy::parse(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("elastic"),
+            "{bad}"
+        );
+    }
 }

@@ -20,14 +20,18 @@
 //! available nodes), then hill climbing on the model from the best few
 //! (move a node, drop a node, shift a boundary). When a [`PlanCheck`] is given
 //! (the simulator gives one: a short run on its own requests and failures),
-//! the `options.check_candidates` best by the model are checked and the best
-//! checked plan wins; the plan's notes give every figure.
+//! the `options.check_candidates` best by the model and each other strategy's
+//! plan predicted at a quarter of the best or more are checked, and the best
+//! checked plan wins; the plan's notes give every figure. Without a demand
+//! (`target.request_rate` 0) every candidate is judged at `load_fraction` of
+//! the highest sustainable rate among them.
 
 use std::ops::Range;
 use std::time::Instant;
 
 use super::{Context, Layout, Strategy, even_ranges};
 use crate::error::PlanError;
+use crate::options::PlanOptions;
 use crate::plan::Plan;
 use crate::service_model::{ServicePrediction, predict};
 
@@ -46,9 +50,18 @@ const SEEDS: [&str; 8] = [
 /// Above this many nodes the seeds with solvers or quadratic steps are skipped.
 const LARGE_CLUSTER: usize = 256;
 
-/// Model evaluations per hill climb: a count, not a clock, so that plans are
-/// the same on any machine (the time limit only guards against huge clusters).
+/// Model evaluations per hill climb on 64 nodes: a count, not a clock, so that
+/// plans are the same on any machine; an evaluation costs about linearly in
+/// the nodes, so larger clusters get proportionally fewer (at least
+/// [`MIN_CLIMB_EVALUATIONS`]). The clock (5 × `time_limit_s`) only guards.
 const CLIMB_EVALUATIONS: usize = 400;
+
+/// Fewest evaluations a climb gets, however large the cluster.
+const MIN_CLIMB_EVALUATIONS: usize = 16;
+
+fn climb_budget(nodes: usize) -> usize {
+    (CLIMB_EVALUATIONS * 64 / nodes.max(1)).clamp(MIN_CLIMB_EVALUATIONS, CLIMB_EVALUATIONS)
+}
 
 /// Goodput-maximising placement.
 pub struct GoodputSearch;
@@ -102,8 +115,8 @@ fn build(ctx: &Context, l: &Layout) -> Option<Plan> {
     Some(plan)
 }
 
-fn score(ctx: &Context, plan: &Plan) -> ServicePrediction {
-    predict(plan, ctx.cluster, &ctx.cost, ctx.options)
+fn score(ctx: &Context, opts: &PlanOptions, plan: &Plan) -> ServicePrediction {
+    predict(plan, ctx.cluster, &ctx.cost, opts)
 }
 
 /// For `stages` even stages over `nodes`, each node (fastest first) joins the
@@ -138,7 +151,7 @@ fn balanced(ctx: &Context, stages: usize, nodes: &[usize]) -> Option<Layout> {
 }
 
 impl GoodputSearch {
-    fn seeds(&self, ctx: &Context, out: &mut Vec<Candidate>) {
+    fn seeds(&self, ctx: &Context, opts: &PlanOptions, out: &mut Vec<Candidate>) {
         let large = ctx.cluster.len() > LARGE_CLUSTER;
         for name in SEEDS {
             if large && matches!(name, "max-flow" | "petals" | "memory-proportional") {
@@ -148,7 +161,7 @@ impl GoodputSearch {
                 continue;
             };
             if let Ok(plan) = s.plan(ctx) {
-                let predicted = score(ctx, &plan);
+                let predicted = score(ctx, opts, &plan);
                 out.push(Candidate {
                     origin: name.to_string(),
                     plan,
@@ -186,7 +199,7 @@ impl GoodputSearch {
                 if let Some(l) = balanced(ctx, stages, &pool)
                     && let Some(plan) = build(ctx, &l)
                 {
-                    let predicted = score(ctx, &plan);
+                    let predicted = score(ctx, opts, &plan);
                     out.push(Candidate {
                         origin,
                         plan,
@@ -198,7 +211,13 @@ impl GoodputSearch {
     }
 
     /// Hill climbing on the model from `start`, until no move improves or the deadline.
-    fn climb(&self, ctx: &Context, start: &Candidate, deadline: Instant) -> Option<Candidate> {
+    fn climb(
+        &self,
+        ctx: &Context,
+        opts: &PlanOptions,
+        start: &Candidate,
+        deadline: Instant,
+    ) -> Option<Candidate> {
         let mut cur = layout_of(ctx, &start.plan)?;
         let mut best = start.predicted.goodput_tok_s;
         let mut best_pred = start.predicted.clone();
@@ -210,7 +229,7 @@ impl GoodputSearch {
             let mut improved = false;
             let mut next = None;
             for m in super::moves::moves(&cur, &placed, true) {
-                if Instant::now() > deadline || evaluations >= CLIMB_EVALUATIONS {
+                if Instant::now() > deadline || evaluations >= climb_budget(nodes) {
                     break 'outer;
                 }
                 evaluations += 1;
@@ -218,7 +237,7 @@ impl GoodputSearch {
                 let Some(plan) = build(ctx, &c) else {
                     continue;
                 };
-                let p = score(ctx, &plan);
+                let p = score(ctx, opts, &plan);
                 if p.goodput_tok_s > best * (1.0 + 1e-6) + 1e-9 {
                     best = p.goodput_tok_s;
                     best_pred = p;
@@ -260,12 +279,26 @@ impl Strategy for GoodputSearch {
         ctx.check_total_memory()?;
         let t0 = Instant::now();
         let mut cands: Vec<Candidate> = Vec::new();
-        self.seeds(ctx, &mut cands);
+        let mut opts = ctx.options.clone();
+        self.seeds(ctx, &opts, &mut cands);
         if cands.is_empty() {
             return Err(PlanError::Infeasible {
                 strategy: self.name().into(),
                 reason: "no candidate plan: no strategy and no replicated layout fits".into(),
             });
+        }
+        // No demand given: every candidate is judged at one rate, the
+        // `load_fraction` of the highest sustainable rate among them (each at
+        // half its own would rank by throughput alone).
+        if opts.target.request_rate <= 0.0 {
+            let top = cands
+                .iter()
+                .map(|c| c.predicted.max_rate)
+                .fold(0.0, f64::max);
+            opts.target.request_rate = (ctx.options.load_fraction * top).max(1e-9);
+            for c in &mut cands {
+                c.predicted = score(ctx, &opts, &c.plan);
+            }
         }
         let by_model = |a: &Candidate, b: &Candidate| {
             b.predicted
@@ -273,28 +306,31 @@ impl Strategy for GoodputSearch {
                 .total_cmp(&a.predicted.goodput_tok_s)
                 .then(b.predicted.max_rate.total_cmp(&a.predicted.max_rate))
         };
-        cands.sort_by(by_model);
+        let distinct = |mut v: Vec<Candidate>| {
+            v.sort_by(by_model);
+            let mut out: Vec<Candidate> = Vec::new();
+            for c in v {
+                if !out.iter().any(|d| d.plan.stages == c.plan.stages) {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        // Several seeds often give the same layout: climb from distinct ones.
+        let mut cands = distinct(cands);
         // The evaluation count bounds the climbs; the clock (five times the
         // time limit) only guards huge clusters, and the notes say when it struck.
         let deadline =
             t0 + std::time::Duration::from_secs_f64(5.0 * ctx.options.time_limit_s.max(0.05));
-        let starts: Vec<usize> = (0..cands.len().min(3)).collect();
         let mut climbed = Vec::new();
-        for k in starts {
-            if let Some(c) = self.climb(ctx, &cands[k], deadline) {
+        for start in cands.iter().take(3) {
+            if let Some(c) = self.climb(ctx, &opts, start, deadline) {
                 climbed.push(c);
             }
         }
         let timed_out = Instant::now() > deadline;
         cands.extend(climbed);
-        cands.sort_by(by_model);
-        // Distinct plans only (several seeds give the same layout).
-        let mut distinct: Vec<Candidate> = Vec::new();
-        for c in cands {
-            if !distinct.iter().any(|d| d.plan.stages == c.plan.stages) {
-                distinct.push(c);
-            }
-        }
+        let mut distinct = distinct(cands);
         let mut notes = Vec::new();
         let chosen = match ctx.check {
             Some(check) if ctx.options.check_candidates > 0 => {
@@ -337,7 +373,7 @@ impl Strategy for GoodputSearch {
         plan.notes.clear();
         let p = &c.predicted;
         plan.notes.push(format!(
-            "from `{}`; predicted goodput {:.1} tok/s at {:.3} req/s ({:.0}% within the SLO, TTFT {:.2} s, ITL {:.3} s, sustainable {:.3} req/s, bottleneck {}, {:.1}% lost to failures); {} candidates in {:.2} s",
+            "from `{}`; predicted goodput {:.1} tok/s at {:.3} req/s ({:.0}% within the SLO, TTFT {:.2} s, ITL {:.3} s, sustainable {:.3} req/s, bottleneck {}, {:.1}% lost to failures); {} candidates",
             c.origin,
             p.goodput_tok_s,
             p.request_rate,
@@ -348,7 +384,6 @@ impl Strategy for GoodputSearch {
             p.bottleneck,
             p.failure_loss * 100.0,
             distinct.len() + 1,
-            t0.elapsed().as_secs_f64()
         ));
         if timed_out {
             plan.notes.push(format!(

@@ -431,12 +431,15 @@ impl Strategy for ParallaxPipelines {
         }
         let mut plan = Plan::from_spans(self.name(), ctx.cluster, n, &ctx.model.name, &spans);
         // Round robin over fixed pipelines: each pipeline 1/k, next hops inside it.
-        let owner = |node: &str, layer: usize| -> Option<usize> {
-            chains.iter().position(|c| {
+        let pipeline_of: HashMap<&str, usize> = chains
+            .iter()
+            .enumerate()
+            .flat_map(|(p, c)| {
                 c.iter()
-                    .any(|(i, r)| ctx.cluster.nodes[*i].id == node && r.contains(&layer))
+                    .map(move |(i, _)| (ctx.cluster.nodes[*i].id.as_str(), p))
             })
-        };
+            .collect();
+        let owner = |node: &str, _layer: usize| -> Option<usize> { pipeline_of.get(node).copied() };
         let starts: Vec<(usize, usize)> = plan
             .stages
             .iter()
