@@ -30,25 +30,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = SimCluster::from_path(format!("{dir}/{}.toml", env("SCENARIO", "helix-24")))?;
     let model = presets::load_model(&env("MODEL", "LLaMA-30B"))?;
     let duration: f64 = env("DURATION", "1200").parse()?;
-    let mtbf: Vec<f64> = cluster
-        .cluster
-        .nodes
-        .iter()
-        .map(|n| n.availability.mtbf_hours * 3600.0)
-        .filter(|m| m.is_finite())
-        .collect();
-    let mean = mtbf.iter().sum::<f64>() / mtbf.len().max(1) as f64;
     let scenario = |replan: ReplanPolicy| -> Result<Scenario, Box<dyn std::error::Error>> {
         Ok(Scenario {
             workload: WorkloadSpec::parse(&format!(
                 "{},prompt=uniform:128:896,output=uniform:32:224",
                 env("LOAD", "diurnal:rate=3,amplitude=0.7,period=600s")
             ))?,
-            churn: ChurnSpec::Exponential {
-                mtbf_s: None,
-                mttr_s: None,
-                scale: (mean / 3600.0).max(1.0).round(),
-            },
+            churn: ChurnSpec::compressed(&cluster.cluster, 3600.0),
             duration_s: duration,
             seed: env("SEED", "1").parse()?,
             config: SimConfig {

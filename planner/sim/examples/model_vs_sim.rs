@@ -27,22 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = presets::load_model(&a[2])?;
     let churn = match a.get(5).map(String::as_str).unwrap_or("none") {
         "none" => ChurnSpec::None,
-        level => {
-            let target = if level == "high" { 600.0 } else { 3600.0 };
-            let m: Vec<f64> = cluster
-                .cluster
-                .nodes
-                .iter()
-                .map(|n| n.availability.mtbf_hours * 3600.0)
-                .filter(|m| m.is_finite())
-                .collect();
-            let mean = m.iter().sum::<f64>() / m.len().max(1) as f64;
-            ChurnSpec::Exponential {
-                mtbf_s: None,
-                mttr_s: None,
-                scale: (mean / target).max(1.0).round(),
-            }
-        }
+        "high" => ChurnSpec::compressed(&cluster.cluster, 600.0),
+        _ => ChurnSpec::compressed(&cluster.cluster, 3600.0),
     };
     let scenario = Scenario {
         workload: WorkloadSpec::parse(&format!(

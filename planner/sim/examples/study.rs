@@ -92,21 +92,7 @@ fn run_case(
     let model = presets::load_model(case.model).map_err(|e| e.to_string())?;
     let churn_spec = match target {
         None => ChurnSpec::None,
-        Some(t) => {
-            let mtbfs: Vec<f64> = cluster
-                .cluster
-                .nodes
-                .iter()
-                .map(|n| n.availability.mtbf_hours * 3600.0)
-                .filter(|m| m.is_finite())
-                .collect();
-            let mean = mtbfs.iter().sum::<f64>() / mtbfs.len().max(1) as f64;
-            ChurnSpec::Exponential {
-                mtbf_s: None,
-                mttr_s: None,
-                scale: (mean / t).max(1.0).round(),
-            }
-        }
+        Some(t) => ChurnSpec::compressed(&cluster.cluster, t),
     };
     let duration: f64 = env("DURATION", 300.0);
     let scenario = Scenario {
@@ -221,12 +207,14 @@ fn main() {
     }
 }
 
-/// One table: a row per strategy, a column per (scenario, churn): goodput in
-/// tokens/s and the share of requests within the SLO.
-fn summary(done: &[(&str, &str, &SimComparison)]) -> String {
-    let mut s = String::from(
-        "Goodput (tokens/s of requests within the SLO) and share of requests within it\n\n| strategy |",
-    );
+/// A table with a row per strategy and a column per (scenario, churn), each
+/// cell from `cell` (`None`: the strategy has no figures there).
+fn table(
+    title: &str,
+    done: &[(&str, &str, &SimComparison)],
+    cell: &dyn Fn(&tokenflow_sim::StrategyResult) -> Option<String>,
+) -> String {
+    let mut s = format!("{title}\n\n| strategy |");
     for (file, churn, _) in done {
         s.push_str(&format!(" {file} {churn} |"));
     }
@@ -236,46 +224,45 @@ fn summary(done: &[(&str, &str, &SimComparison)]) -> String {
     for name in strategy::names() {
         s.push_str(&format!("| {name} |"));
         for (_, _, cmp) in done {
-            match cmp.rows.iter().find(|r| r.strategy == name) {
-                Some(r) if r.error.is_none() => s.push_str(&format!(
-                    " {:.0} ({:.0}%) |",
-                    r.stats.goodput_tok_s,
-                    r.stats.slo_attainment * 100.0
-                )),
-                _ => s.push_str(" - |"),
-            }
-        }
-        s.push('\n');
-    }
-    s.push_str(
-        "\nGoodput predicted by the planner's analytic model (service_model) for each first plan, and its error against the simulation above\n\n| strategy |",
-    );
-    for (file, churn, _) in done {
-        s.push_str(&format!(" {file} {churn} |"));
-    }
-    s.push_str("\n|---|");
-    s.push_str(&"---:|".repeat(done.len()));
-    s.push('\n');
-    for name in strategy::names() {
-        s.push_str(&format!("| {name} |"));
-        for (_, _, cmp) in done {
-            match cmp.rows.iter().find(|r| r.strategy == name) {
-                Some(r) if r.error.is_none() => match &r.predicted {
-                    Some(p) => {
-                        let sim = r.stats.goodput_tok_s;
-                        let err = if sim > 0.0 {
-                            format!("{:+.0}%", (p.goodput_tok_s - sim) / sim * 100.0)
-                        } else {
-                            format!("{:+.0}", p.goodput_tok_s - sim)
-                        };
-                        s.push_str(&format!(" {:.0} ({err}) |", p.goodput_tok_s));
-                    }
-                    None => s.push_str(" - |"),
-                },
-                _ => s.push_str(" - |"),
-            }
+            let c = cmp
+                .rows
+                .iter()
+                .find(|r| r.strategy == name && r.error.is_none())
+                .and_then(cell);
+            s.push_str(&format!(" {} |", c.as_deref().unwrap_or("-")));
         }
         s.push('\n');
     }
     s
+}
+
+/// Two tables: goodput in tokens/s and the share of requests within the
+/// SLO; the service model's prediction for each first plan and its error.
+fn summary(done: &[(&str, &str, &SimComparison)]) -> String {
+    let measured = table(
+        "Goodput (tokens/s of requests within the SLO) and share of requests within it",
+        done,
+        &|r| {
+            Some(format!(
+                "{:.0} ({:.0}%)",
+                r.stats.goodput_tok_s,
+                r.stats.slo_attainment * 100.0
+            ))
+        },
+    );
+    let predicted = table(
+        "Goodput predicted by the planner's analytic model (service_model) for each first plan, and its error against the simulation above",
+        done,
+        &|r| {
+            let p = r.predicted.as_ref()?;
+            let sim = r.stats.goodput_tok_s;
+            let err = if sim > 0.0 {
+                format!("{:+.0}%", (p.goodput_tok_s - sim) / sim * 100.0)
+            } else {
+                format!("{:+.0}", p.goodput_tok_s - sim)
+            };
+            Some(format!("{:.0} ({err})", p.goodput_tok_s))
+        },
+    );
+    format!("{measured}\n{predicted}")
 }

@@ -334,6 +334,31 @@ pub fn bytes_per_event() -> u64 {
 
 /// The gamma function for x >= 1 (Lanczos, g = 7: about 15 digits), for the
 /// means of Weibull times; infinite past f64's range.
+/// Mean MTBF over the nodes of `cluster` with a finite one, seconds (0 when none).
+pub fn mean_mtbf_s(cluster: &Cluster) -> f64 {
+    let (sum, n) = cluster
+        .nodes
+        .iter()
+        .map(|x| x.availability.mtbf_hours * 3600.0)
+        .filter(|m| m.is_finite())
+        .fold((0.0, 0usize), |(s, n), m| (s + m, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+impl ChurnSpec {
+    /// Exponential churn that keeps each node's MTBF and MTTR from the
+    /// cluster file, with time compressed (a whole-number factor, at least 1)
+    /// so that the mean MTBF over the nodes is `mean_mtbf_s`: heterogeneity is
+    /// kept, and a run of minutes sees the failures of days (the study's churn).
+    pub fn compressed(cluster: &Cluster, mean_mtbf_s: f64) -> ChurnSpec {
+        ChurnSpec::Exponential {
+            mtbf_s: None,
+            mttr_s: None,
+            scale: (self::mean_mtbf_s(cluster) / mean_mtbf_s).max(1.0).round(),
+        }
+    }
+}
+
 /// Mean of a Weibull distribution of shape `k` and scale `scale`: `scale · Γ(1 + 1/k)`.
 pub fn weibull_mean(k: f64, scale: f64) -> f64 {
     scale * gamma_fn(1.0 + 1.0 / k)

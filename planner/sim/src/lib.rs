@@ -150,6 +150,11 @@ impl SimCluster {
         })
     }
 
+    /// The spec and its base folder, as the engine's re-planning takes them.
+    fn spec_and_base(&self) -> Option<(&ClusterSpec, Option<&Path>)> {
+        self.spec.as_ref().map(|s| (s, self.base.as_deref()))
+    }
+
     /// A resolved cluster without its spec (re-planning writes its links out pair by pair).
     pub fn from_cluster(cluster: Cluster) -> SimCluster {
         SimCluster {
@@ -300,11 +305,7 @@ impl<'a> Simulator<'a> {
         tokenflow_planner::strategy::by_name(strategy)?;
         let inputs = RunInputs {
             cluster: &self.cluster.cluster,
-            spec: self
-                .cluster
-                .spec
-                .as_ref()
-                .map(|s| (s, self.cluster.base.as_deref())),
+            spec: self.cluster.spec_and_base(),
             model: self.model,
             options: &self.options,
             config: &self.scenario.config,
@@ -428,11 +429,7 @@ impl ShortRun<'_> {
     fn one(&self, plan: &Plan, requests: &[SimRequest], churn: &[ChurnEvent]) -> Option<f64> {
         let inputs = RunInputs {
             cluster: &self.cluster.cluster,
-            spec: self
-                .cluster
-                .spec
-                .as_ref()
-                .map(|s| (s, self.cluster.base.as_deref())),
+            spec: self.cluster.spec_and_base(),
             model: self.model,
             options: self.options,
             config: &self.config,
@@ -468,15 +465,7 @@ fn planning_options(
     t.ttft_slo_s = scenario.config.slo.ttft_s;
     t.itl_slo_s = scenario.config.slo.itl_s;
     t.window_s = scenario.duration_s;
-    let mean_mtbf_s = {
-        let m: Vec<f64> = cluster
-            .nodes
-            .iter()
-            .map(|n| n.availability.mtbf_hours * 3600.0)
-            .filter(|m| m.is_finite())
-            .collect();
-        m.iter().sum::<f64>() / m.len().max(1) as f64
-    };
+    let mean_mtbf_s = churn::mean_mtbf_s(cluster);
     // How much more often than the cluster file says nodes fail (the mean
     // up time the churn draws against the file's mean MTBF); an MTTR
     // override is not modelled (the planner keeps the file's availability).

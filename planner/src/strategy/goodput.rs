@@ -218,49 +218,34 @@ impl GoodputSearch {
         start: &Candidate,
         deadline: Instant,
     ) -> Option<Candidate> {
-        let mut cur = layout_of(ctx, &start.plan)?;
-        let mut best = start.predicted.goodput_tok_s;
-        let mut best_pred = start.predicted.clone();
-        let mut moves = 0;
-        let mut evaluations = 0;
+        let cur = layout_of(ctx, &start.plan)?;
         let nodes = ctx.cluster.len();
-        'outer: loop {
-            let placed = super::moves::placement(&cur, nodes);
-            let mut improved = false;
-            let mut next = None;
-            for m in super::moves::moves(&cur, &placed, true) {
-                if Instant::now() > deadline || evaluations >= climb_budget(nodes) {
-                    break 'outer;
-                }
+        let mut evaluations = 0;
+        let end = super::moves::climb(
+            cur,
+            start.predicted.goodput_tok_s,
+            nodes,
+            super::moves::ClimbMoves {
+                removals: true,
+                sorted: true,
+            },
+            1e-6,
+            || {
                 evaluations += 1;
-                let c = super::moves::apply(&cur, &placed, m, true);
-                let Some(plan) = build(ctx, &c) else {
-                    continue;
-                };
+                Instant::now() > deadline || evaluations > climb_budget(nodes)
+            },
+            |l| {
+                let plan = build(ctx, l)?;
                 let p = score(ctx, opts, &plan);
-                if p.goodput_tok_s > best * (1.0 + 1e-6) + 1e-9 {
-                    best = p.goodput_tok_s;
-                    best_pred = p;
-                    next = Some(c);
-                    moves += 1;
-                    improved = true;
-                    break;
-                }
-            }
-            if let Some(c) = next {
-                cur = c;
-            }
-            if !improved {
-                break;
-            }
-        }
-        if moves == 0 {
-            return None;
-        }
+                Some((p.goodput_tok_s, (p, plan)))
+            },
+        );
+        let moves = end.moves;
+        let (predicted, plan) = end.best?;
         Some(Candidate {
             origin: format!("{} + {moves} moves", start.origin),
-            plan: build(ctx, &cur)?,
-            predicted: best_pred,
+            plan,
+            predicted,
         })
     }
 }

@@ -92,7 +92,7 @@ impl Strategy for LocalSearch {
             }
         }
         cur = merged;
-        let Some((mut best, _)) = score(ctx, &cur) else {
+        let Some((best, _)) = score(ctx, &cur) else {
             return Err(PlanError::Infeasible {
                 strategy: self.name().into(),
                 reason: format!(
@@ -103,35 +103,19 @@ impl Strategy for LocalSearch {
         let start_score = best;
         let t0 = Instant::now();
         let deadline = ctx.options.time_limit_s.max(0.01);
-        let (mut moves, mut timed_out) = (0, false);
-        let nodes = ctx.cluster.len();
-        'outer: loop {
-            let placed = super::moves::placement(&cur, nodes);
-            let mut improved = false;
-            let mut next = None;
-            for m in super::moves::moves(&cur, &placed, false) {
-                if t0.elapsed().as_secs_f64() > deadline {
-                    timed_out = true;
-                    break 'outer;
-                }
-                let c = super::moves::apply(&cur, &placed, m, false);
-                if let Some((s, _)) = score(ctx, &c)
-                    && s > best * (1.0 + 1e-9) + 1e-12
-                {
-                    best = s;
-                    next = Some(c);
-                    moves += 1;
-                    improved = true;
-                    break;
-                }
-            }
-            if let Some(c) = next {
-                cur = c;
-            }
-            if !improved {
-                break;
-            }
-        }
+        let end = super::moves::climb(
+            cur,
+            best,
+            ctx.cluster.len(),
+            super::moves::ClimbMoves {
+                removals: false,
+                sorted: false,
+            },
+            1e-9,
+            || t0.elapsed().as_secs_f64() > deadline,
+            |l| score(ctx, l).map(|(s, _)| (s, ())),
+        );
+        let (cur, best, moves, timed_out) = (end.layout, end.score, end.moves, end.stopped);
         let Some((_, mut plan)) = score(ctx, &cur) else {
             return Err(PlanError::Infeasible {
                 strategy: self.name().into(),

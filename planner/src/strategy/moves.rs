@@ -97,6 +97,79 @@ pub fn placement(layout: &Layout, nodes: usize) -> Vec<Option<usize>> {
     at
 }
 
+/// Which moves a [`climb`] makes and how it keeps node lists.
+#[derive(Debug, Clone, Copy)]
+pub struct ClimbMoves {
+    /// Also try taking nodes out of stages that keep another replica.
+    pub removals: bool,
+    /// Keep each stage's node list sorted.
+    pub sorted: bool,
+}
+
+/// Where a [`climb`] ended.
+pub struct Climb<T> {
+    /// The last accepted layout (the start if none was).
+    pub layout: Layout,
+    /// Its score.
+    pub score: f64,
+    /// What the score function returned with the last accepted layout.
+    pub best: Option<T>,
+    /// Moves accepted.
+    pub moves: usize,
+    /// Whether `stop` ended it (rather than a local optimum).
+    pub stopped: bool,
+}
+
+/// First-improvement hill climbing over [`moves`] from `start` (scored
+/// `score_start`): the first move whose layout scores above the current
+/// score by a relative `min_gain` (plus a thousandth of it absolute) is taken,
+/// until no move improves or `stop` (asked before each evaluation) says so.
+/// `score` returns `None` for layouts it refuses.
+pub fn climb<T>(
+    start: Layout,
+    score_start: f64,
+    nodes: usize,
+    kind: ClimbMoves,
+    min_gain: f64,
+    mut stop: impl FnMut() -> bool,
+    mut score: impl FnMut(&Layout) -> Option<(f64, T)>,
+) -> Climb<T> {
+    let mut out = Climb {
+        layout: start,
+        score: score_start,
+        best: None,
+        moves: 0,
+        stopped: false,
+    };
+    loop {
+        let placed = placement(&out.layout, nodes);
+        let mut next = None;
+        for m in moves(&out.layout, &placed, kind.removals) {
+            if stop() {
+                out.stopped = true;
+                break;
+            }
+            let c = apply(&out.layout, &placed, m, kind.sorted);
+            if let Some((s, t)) = score(&c)
+                && s > out.score * (1.0 + min_gain) + min_gain * 1e-3
+            {
+                next = Some((c, s, t));
+                break;
+            }
+        }
+        if out.stopped {
+            return out;
+        }
+        let Some((c, s, t)) = next else {
+            return out;
+        };
+        out.layout = c;
+        out.score = s;
+        out.best = Some(t);
+        out.moves += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
