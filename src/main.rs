@@ -30,6 +30,11 @@ enum Command {
     Profile(cli::profile::ProfileArgs),
     /// Compare placement strategies in the discrete-event simulator, with churn.
     Simulate(cli::simulate::SimulateArgs),
+    /// A node agent: join a coordinator (`serve --coordinator`) and run the stages it gives.
+    Node(cli::node::NodeArgs),
+    /// One epoch's process of a node (started by `tokenflow node`).
+    #[command(hide = true)]
+    Worker(cli::node::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => cli::bench::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Cluster(args) => cli::cluster::run(args),
+        Command::Node(args) => cli::node::run(args),
+        Command::Worker(args) => cli::node::run_worker_process(args),
     }
 }

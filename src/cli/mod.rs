@@ -2,10 +2,12 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod coordinator;
 pub mod engine_args;
 pub mod fidelity;
 pub mod generate;
 pub mod load;
+pub mod node;
 pub mod output_paths;
 pub mod plan;
 pub mod profile;

@@ -43,10 +43,33 @@ pub struct ServeArgs {
     /// a restarted server resumes the requests it left unfinished.
     #[arg(long)]
     pub token_log: Option<PathBuf>,
+    #[command(flatten)]
+    /// Nodes that join and leave.
+    pub coordinator: super::coordinator::CoordinatorArgs,
+}
+
+/// The HTTP side's settings from the arguments.
+pub fn serve_config(
+    args: &ServeArgs,
+    model_name: String,
+    drain_timeout: std::time::Duration,
+    join_token: Option<String>,
+) -> ServeConfig {
+    ServeConfig {
+        model_name,
+        api_key: args.api_key.clone(),
+        queue_limit: args.queue_limit,
+        drain_timeout,
+        default_max_tokens: args.default_max_tokens,
+        join_token,
+    }
 }
 
 /// Runs `tokenflow serve` until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.coordinator.coordinator {
+        return super::coordinator::run(args);
+    }
     let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
     if let Some(path) = &args.token_log {
         check_output_file("--token-log", path)?;
@@ -90,13 +113,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let spec = ServeSpec {
         run: setup.run_spec(resumed, Arrivals::Immediate),
         model,
-        config: ServeConfig {
-            model_name: model_name.clone(),
-            api_key: args.api_key.clone(),
-            queue_limit: args.queue_limit,
-            drain_timeout,
-            default_max_tokens: args.default_max_tokens,
-        },
+        config: serve_config(&args, model_name.clone(), drain_timeout, None),
         first_id,
     };
     let outcome = serve(spec, listener, |addr| {

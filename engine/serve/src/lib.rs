@@ -13,7 +13,9 @@
 
 pub mod api_error;
 pub mod client;
+pub mod feed;
 pub mod generation;
+pub mod membership;
 pub mod openai;
 pub mod prometheus;
 pub mod routes;

@@ -45,13 +45,19 @@ async fn not_found(uri: Uri) -> ApiError {
 
 /// `Authorization: Bearer <key>` when the server has a key.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.config.api_key else {
-        return Ok(());
-    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // A node's join token opens the control endpoint only.
+    if let (Some(token), Some(g)) = (&state.config.join_token, given)
+        && g.trim() == token
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    let Some(key) = &state.config.api_key else {
+        return Ok(());
+    };
     match given {
         Some(g) if g.trim() == key => Ok(()),
         _ => Err(ApiError::Unauthorized),
@@ -528,11 +534,11 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 /// 200 when ready to serve (every local worker has its stages loaded and every
 /// stage a live replica), 503 otherwise.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let m = state.board.snapshot();
+    let m = state.board().snapshot();
     let ready = state.ready();
     let body = json!({
         "ready": ready,
-        "workers_loaded": state.board.workers_posted(),
+        "workers_loaded": state.board().workers_posted(),
         "workers": state.local_workers,
         "stages_without_replica": m.stages_down,
         "pending": state.pending(),
@@ -548,7 +554,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = prometheus::render(&state.board.snapshot(), &state.http_counters());
+    let text = prometheus::render(&state.board().snapshot(), &state.http_counters());
     (
         [(
             header::CONTENT_TYPE,

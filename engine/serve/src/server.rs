@@ -68,7 +68,7 @@ pub fn serve(
     let state = Arc::new(AppState::new(
         spec.config.clone(),
         spec.model,
-        client,
+        Arc::new(client),
         Arc::clone(&routes),
         Arc::clone(&board),
         local_workers,
@@ -122,7 +122,7 @@ pub fn serve(
 }
 
 /// SIGTERM or SIGINT.
-async fn termination() {
+pub(crate) async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

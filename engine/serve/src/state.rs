@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokenflow_engine::Request;
-use tokenflow_engine::dataflow::{EngineEvent, LiveClient, MetricsBoard, Submission};
+use tokenflow_engine::dataflow::{EngineEvent, MetricsBoard};
 use tokenflow_operators::SeqId;
 use tokenflow_operators::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api_error::ApiError;
+use crate::feed::EngineFeed;
 use crate::prometheus::HttpCounters;
 
 /// The server's own settings (the engine's are in its run spec).
@@ -29,6 +30,9 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// `max_tokens` of a request that gives none (capped by the context).
     pub default_max_tokens: usize,
+    /// A coordinator's join token for nodes: refused on `/v1/*`, so a node
+    /// cannot act as a client with it.
+    pub join_token: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -39,6 +43,7 @@ impl Default for ServeConfig {
             queue_limit: 256,
             drain_timeout: Duration::from_secs(30),
             default_max_tokens: 256,
+            join_token: None,
         }
     }
 }
@@ -144,14 +149,14 @@ pub struct AppState {
     pub config: ServeConfig,
     /// Tokenizer and limits.
     pub model: Arc<ModelInfo>,
-    /// Where workers post measurements.
-    pub board: Arc<MetricsBoard>,
+    /// Where workers post measurements (a coordinator swaps in each epoch's).
+    board: RwLock<Arc<MetricsBoard>>,
     /// Workers of this process (ready once all have posted).
     pub local_workers: usize,
     /// When the server started (seconds since the epoch).
     pub created: u64,
     routes: Arc<EventRoutes>,
-    client: RwLock<Option<LiveClient>>,
+    client: RwLock<Option<Arc<dyn EngineFeed>>>,
     next_id: AtomicU64,
     pending: AtomicUsize,
     draining: AtomicBool,
@@ -198,7 +203,7 @@ impl AppState {
     pub fn new(
         config: ServeConfig,
         model: ModelInfo,
-        client: LiveClient,
+        client: Arc<dyn EngineFeed>,
         routes: Arc<EventRoutes>,
         board: Arc<MetricsBoard>,
         local_workers: usize,
@@ -210,7 +215,7 @@ impl AppState {
         Self {
             config,
             model: Arc::new(model),
-            board,
+            board: RwLock::new(board),
             local_workers,
             created,
             routes,
@@ -222,7 +227,17 @@ impl AppState {
         }
     }
 
-    fn client(&self) -> Option<LiveClient> {
+    /// Where this process's workers post their measurements now.
+    pub fn board(&self) -> Arc<MetricsBoard> {
+        Arc::clone(&self.board.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reads measurements from `board` from now on (a new epoch's run).
+    pub fn set_board(&self, board: Arc<MetricsBoard>) {
+        *self.board.write().unwrap_or_else(PoisonError::into_inner) = board;
+    }
+
+    fn client(&self) -> Option<Arc<dyn EngineFeed>> {
         self.client
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -262,7 +277,7 @@ impl AppState {
             state: Arc::clone(self),
             ended: false,
         };
-        if client.submit(Submission::now(request)).is_err() {
+        if client.submit(request).is_err() {
             let mut ticket = ticket;
             ticket.mark_ended();
             return Err(ApiError::ShuttingDown);
@@ -296,9 +311,9 @@ impl AppState {
     /// live replica, and the server is not draining.
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst)
-            && self.client().is_some()
-            && self.board.workers_posted() >= self.local_workers
-            && self.board.snapshot().stages_down == 0
+            && self.client().is_some_and(|c| c.serving())
+            && self.board().workers_posted() >= self.local_workers
+            && self.board().snapshot().stages_down == 0
     }
 
     /// Stops accepting new requests (in-flight ones go on).

@@ -58,7 +58,7 @@ use super::sequencer::{ClientMsg, EngineEvent, sequencer_operator};
 use super::stage_op::{StageContext, StageRole, stage_operator};
 
 /// Scheduling and emulation options of the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineOptions {
     /// Admission, batching, routing and failure detection: the scheduling
     /// core's settings, shared with the simulator and the plain loop.
@@ -74,6 +74,12 @@ pub struct EngineOptions {
     /// also how long a connected peer may stay silent during the run before
     /// it is taken for stopped or hung and the run ends naming it.
     pub connect_timeout: Duration,
+    /// How long a process of a timely cluster whose run failed on a fault keeps
+    /// answering its peers' probes before it returns, so that in a cluster of
+    /// three or more the others learn which process failed first (a
+    /// coordinator that forms the next cluster at once needs no such wait).
+    #[serde(default = "default_fault_linger")]
+    pub fault_linger: Duration,
     /// Where `run` appends its durable token log (none: no log).
     pub token_log: Option<PathBuf>,
     /// Tokens already logged per resumed request: their new tokens are logged
@@ -92,11 +98,16 @@ impl Default for EngineOptions {
             failures: FailureSchedule::default(),
             failures_start_us: None,
             connect_timeout: Duration::from_secs(60),
+            fault_linger: default_fault_linger(),
             token_log: None,
             resumed: BTreeMap::new(),
             numerics: Numerics::default(),
         }
     }
+}
+
+fn default_fault_linger() -> Duration {
+    Duration::from_millis(1500)
 }
 
 impl EngineOptions {

@@ -79,6 +79,10 @@ pub enum EngineError {
         /// What happened on the link.
         cause: String,
     },
+    /// The live run's client aborted it ([`super::live::LiveClient::abort`]):
+    /// in a timely cluster the other processes see this one leave.
+    #[error("the run was aborted by its client")]
+    Aborted,
     /// The processes of a cluster could not be connected, or disagree.
     #[error(transparent)]
     Mesh(#[from] super::mesh::MeshError),

@@ -14,6 +14,7 @@
 //! drop(client); // the run ends once everything accepted has ended
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::Thread;
 
@@ -34,6 +35,7 @@ pub struct EngineClosed;
 #[derive(Debug, Default)]
 struct Waker {
     worker: Mutex<Option<Thread>>,
+    aborted: AtomicBool,
 }
 
 impl Waker {
@@ -68,10 +70,41 @@ impl LiveClient {
         self.send(ClientMsg::Cancel(seq))
     }
 
+    /// A handle that can abort the run without keeping it open (the run ends
+    /// once every client is dropped; a handle does not count).
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Ends the run at once, with [`super::EngineError::Aborted`], whatever is
+    /// in flight (nothing more is delivered). Meant for a timely cluster whose
+    /// membership is being replaced: this process leaves, so every other
+    /// process's run ends too.
+    pub fn abort(&self) {
+        self.waker.aborted.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
     fn send(&self, msg: ClientMsg) -> Result<(), EngineClosed> {
         self.tx.send(msg).map_err(|_| EngineClosed)?;
         self.waker.wake();
         Ok(())
+    }
+}
+
+/// Aborts a live run ([`LiveClient::abort`]) without being one of its clients.
+#[derive(Debug, Clone)]
+pub struct AbortHandle {
+    waker: Arc<Waker>,
+}
+
+impl AbortHandle {
+    /// Ends the run at once with [`super::EngineError::Aborted`].
+    pub fn abort(&self) {
+        self.waker.aborted.store(true, Ordering::SeqCst);
+        self.waker.wake();
     }
 }
 
@@ -95,6 +128,11 @@ impl LiveIntake {
     /// Messages sent and not yet taken.
     pub fn pending(&self) -> usize {
         self.rx.len()
+    }
+
+    /// Whether a client asked the run to end at once.
+    pub fn aborted(&self) -> bool {
+        self.waker.aborted.load(Ordering::SeqCst)
     }
 
     /// Makes the calling thread the one a new message wakes.
@@ -141,16 +179,38 @@ pub fn live_channel() -> (LiveClient, LiveIntake) {
 #[derive(Debug, Default)]
 pub struct MetricsBoard {
     workers: Mutex<Vec<Option<EngineMetrics>>>,
+    phases: Mutex<Vec<(String, std::time::SystemTime)>>,
 }
 
 impl MetricsBoard {
-    /// Replaces what `worker` posted before.
+    /// Replaces what `worker` posted before. A worker's first post (its
+    /// stages are loaded) is also a phase, `worker W loaded`.
     pub fn post(&self, worker: usize, metrics: &EngineMetrics) {
         let mut slots = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         if slots.len() <= worker {
             slots.resize(worker + 1, None);
         }
+        if slots[worker].is_none() {
+            self.mark(&format!("worker {worker} loaded"));
+        }
         slots[worker] = Some(metrics.clone());
+    }
+
+    /// Notes that the run reached `phase` now (`model opened`, `mesh
+    /// connected`, `worker W loaded`), for a caller timing a start.
+    pub fn mark(&self, phase: &str) {
+        self.phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((phase.to_string(), std::time::SystemTime::now()));
+    }
+
+    /// The phases reached so far, in order, with when.
+    pub fn phases(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// How many workers have posted (a worker posts once its stages are loaded).

@@ -109,6 +109,12 @@ pub fn model_fingerprint_bytes(path: &std::path::Path) -> std::io::Result<Vec<u8
     Ok(out)
 }
 
+/// A model file's fingerprint as text: the hash of
+/// [`model_fingerprint_bytes`], which nodes compare before they serve together.
+pub fn model_fingerprint(path: &std::path::Path) -> std::io::Result<String> {
+    Ok(hash_hex(&model_fingerprint_bytes(path)?))
+}
+
 /// Why the mesh could not be formed.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {

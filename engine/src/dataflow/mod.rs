@@ -28,7 +28,7 @@ pub mod stage_op;
 pub use builder::{EngineOptions, EngineStreams, InferenceDataflow};
 pub use error::{EngineError, NoPathReason, PlacementError, RequestError, StepFailure};
 pub use faults::{FailureSchedule, FaultSpecError, Outage};
-pub use live::{EngineClosed, LiveClient, LiveIntake, MetricsBoard, live_channel};
+pub use live::{AbortHandle, EngineClosed, LiveClient, LiveIntake, MetricsBoard, live_channel};
 pub use metrics::EngineMetrics;
 pub use placement::{LinkModel, Placement, PlacementOptions};
 pub use runner::{Arrivals, Communication, FinishedRequest, RunOutcome, RunSpec, run, run_live};

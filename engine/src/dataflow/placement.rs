@@ -42,7 +42,7 @@ impl LinkModel {
 }
 
 /// How the emulation maps a plan onto workers.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PlacementOptions {
     /// Worker of each node; nodes not named go round robin in plan order.
     pub node_workers: BTreeMap<String, usize>,

@@ -236,6 +236,9 @@ fn run_with(
             })?
             .with_numerics(spec.options.numerics),
     );
+    if let Some(board) = &board {
+        board.mark("model opened");
+    }
     let peers = spec.communication.peers();
     let engine = Arc::new(InferenceDataflow::new(
         model,
@@ -245,12 +248,14 @@ fn run_with(
         spec.options.clone(),
     )?);
     let placement_table = engine.placement().describe();
+    let fault_linger = spec.options.fault_linger;
     let config = spec.communication.config()?;
     let source = Arc::new(Source {
         requests: spec.requests,
         arrivals: spec.arrivals,
         intake,
     });
+    let phase_board = board.clone();
     let work = move |worker: &mut timely::worker::Worker| {
         drive_worker(
             worker,
@@ -276,6 +281,9 @@ fn run_with(
                 hosts,
             )?;
             let mesh = connect_mesh(hosts, *process, &fingerprint, spec.options.connect_timeout)?;
+            if let Some(board) = &phase_board {
+                board.mark("mesh connected");
+            }
             let sockets = watch_peers(mesh.streams, *process, hosts, *workers, &peer_faults)?;
             answer_probes(mesh.listener, Arc::downgrade(&peer_faults));
             peer_faults.watch_silence(spec.options.connect_timeout);
@@ -343,7 +351,7 @@ fn run_with(
     // The peers that saw this process's links close ask it why: keep
     // answering a little before the process goes.
     if peer_faults.first().is_some() || peer_faults.local().is_some() {
-        std::thread::sleep(FAULT_LINGER);
+        std::thread::sleep(fault_linger);
     }
     // A broken link poisons timely's queues and every worker fails after it:
     // the link's own fault is the cause worth reporting, unless this process
@@ -369,11 +377,6 @@ fn run_with(
         wall,
     }))
 }
-
-/// How long a process whose run failed on a fault keeps answering probes, so
-/// that the peers whose links it shut learn the fault (in a cluster of three
-/// or more, the process that noticed a dead peer first is otherwise blamed).
-const FAULT_LINGER: Duration = Duration::from_millis(1500);
 
 /// Timely's guard of its network threads, which joins them when dropped and
 /// panics if one of them did (as they do, fail-stop, on a broken link). Here
@@ -503,6 +506,9 @@ fn drive_worker(
         let mut listening = source.intake.is_some();
         loop {
             done += drain_events(&seen, observer, &mut finished, &mut refused, log.as_mut())?;
+            if source.intake.as_ref().is_some_and(LiveIntake::aborted) {
+                return Err(EngineError::Aborted);
+            }
             post(&metrics, false);
             let elapsed = start.elapsed().as_micros() as u64;
             let mut wait = Duration::from_millis(20);

@@ -1,0 +1,228 @@
+//! The coordinator's control endpoint for nodes, under `/control/`: every
+//! call must carry the join token (`Authorization: Bearer TOKEN`); a client's
+//! API key does not open it. `POST /control/join` registers a node,
+//! `POST /control/leave` drains one, `GET /control/nodes`, `/control/epochs`
+//! and `/control/history` show the registry, the membership epochs (with the
+//! time each change took, phase by phase) and the availability history.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::coordinator::{Coordinator, JoinError};
+use super::history::unix_now;
+use super::protocol::{Leave, Registration, RegistrationError, Welcome, token_matches};
+
+/// An error of the control endpoint: a status and a message naming the problem.
+#[derive(Debug)]
+pub struct ControlError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ControlError {
+    /// An error with `status`.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, message)
+    }
+
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        };
+        let mut response = (
+            self.status,
+            axum::Json(json!({"error": {"message": self.message, "type": kind}})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The bearer token of `headers`, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Refuses a call without the join token, and logs it.
+pub fn check_token(
+    headers: &HeaderMap,
+    token: &str,
+    uri: &Uri,
+    who: &str,
+) -> Result<(), ControlError> {
+    if token_matches(bearer(headers), token) {
+        return Ok(());
+    }
+    let why = if bearer(headers).is_some() {
+        "a wrong token"
+    } else {
+        "no token"
+    };
+    eprintln!("{who}: refused {} with {why} (401)", uri.path());
+    Err(ControlError::new(
+        StatusCode::UNAUTHORIZED,
+        "this endpoint needs the cluster's join token (Authorization: Bearer TOKEN)",
+    ))
+}
+
+/// Parses a JSON body, naming what is wrong with it.
+pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ControlError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a valid message: {e}"),
+        )
+    })
+}
+
+/// The control routes over `coordinator`.
+pub fn control_router(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/control/join", post(join))
+        .route("/control/leave", post(leave))
+        .route("/control/nodes", get(nodes))
+        .route("/control/epochs", get(epochs))
+        .route("/control/history", get(history))
+        .with_state(coordinator)
+}
+
+fn authorize(c: &Coordinator, headers: &HeaderMap, uri: &Uri) -> Result<(), ControlError> {
+    check_token(headers, &c.config().join_token, uri, "coordinator")
+}
+
+async fn join(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Welcome>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let reg: Registration = parse_body(&body)?;
+    let name = reg.name.clone();
+    let joined = {
+        let c = Arc::clone(&c);
+        tokio::task::spawn_blocking(move || c.join(reg))
+            .await
+            .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    match joined {
+        Ok(()) => Ok(axum::Json(Welcome {
+            node: name,
+            heartbeat_ms: c.config().heartbeat.as_millis() as u64,
+        })),
+        Err(e) => {
+            let status = match &e {
+                JoinError::Invalid(RegistrationError::OtherModel { .. }) => StatusCode::CONFLICT,
+                JoinError::Invalid(_) => StatusCode::BAD_REQUEST,
+                JoinError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                JoinError::History(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            eprintln!("coordinator: refused node `{name}`: {e}");
+            Err(ControlError::new(
+                status,
+                format!("registration refused: {e}"),
+            ))
+        }
+    }
+}
+
+async fn leave(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let leave: Leave = parse_body(&body)?;
+    if c.leave(&leave.name, leave.incarnation) {
+        Ok(axum::Json(json!({"node": leave.name, "draining": true})))
+    } else {
+        Err(ControlError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no node `{}` of incarnation {} is registered",
+                leave.name, leave.incarnation
+            ),
+        ))
+    }
+}
+
+async fn nodes(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let estimates = c.history().estimates(unix_now());
+    let nodes: Vec<serde_json::Value> = c
+        .nodes()
+        .into_iter()
+        .map(|(reg, status, leaving)| {
+            json!({
+                "registration": reg,
+                "status": status,
+                "leaving": leaving,
+                "estimate": estimates.get(&reg.name).copied().flatten(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "nodes": nodes })))
+}
+
+async fn epochs(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let c2 = Arc::clone(&c);
+    let records = tokio::task::spawn_blocking(move || c2.records())
+        .await
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (sessions, waiting) = c.relay().counts();
+    Ok(axum::Json(json!({
+        "epochs": records,
+        "sessions": sessions,
+        "waiting": waiting,
+        "moved": c.relay().moved(),
+    })))
+}
+
+async fn history(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    Ok(axum::Json(json!({
+        "records": c.history().records(),
+        "estimates": c.history().estimates(unix_now()),
+    })))
+}

@@ -1,0 +1,498 @@
+//! [`Relay`]: the coordinator's sessions, which outlive the timely clusters
+//! they run on. Each accepted request keeps its original form and the tokens
+//! already streamed to its client (with the durable token log, the source of
+//! truth); it runs in one membership epoch at a time. When an epoch fails its
+//! sessions wait for the next one and continue there from their tokens (the
+//! prompt extended by them, the budget reduced, so positions and seeded draws
+//! are unchanged); when an epoch is retired its sessions finish where they
+//! are while new requests go to the next epoch. Events of an epoch a session
+//! has left are dropped, and a token is passed on only if it is the next one
+//! the client lacks, so nothing is lost or repeated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokenflow_engine::dataflow::durable_log::{DurableLogWriter, LogRecord};
+use tokenflow_engine::dataflow::{
+    EngineClosed, EngineEvent, LiveClient, RequestTiming, Submission,
+};
+use tokenflow_engine::{FinishReason, Request, TokenLog};
+use tokenflow_operators::SeqId;
+
+use crate::feed::EngineFeed;
+use crate::state::EventRoutes;
+
+/// A membership epoch: one timely cluster of the coordinator and its nodes.
+pub type EpochId = u64;
+
+/// One accepted request across epochs.
+#[derive(Debug)]
+struct Session {
+    /// As the client sent it.
+    request: Request,
+    /// Tokens streamed to the client so far.
+    delivered: Vec<u32>,
+    /// Where it runs; `None` while it waits for an epoch.
+    epoch: Option<EpochId>,
+    /// Tokens it had when it entered its epoch (the epoch counts from there).
+    base: usize,
+    /// When its epoch failed under it (until its next token).
+    stalled_since: Option<Instant>,
+}
+
+impl Session {
+    /// The request to run in a new epoch: the original, continued after what
+    /// the client already has.
+    fn continuation(&self) -> Request {
+        let mut r = self.request.clone();
+        r.prompt.extend_from_slice(&self.delivered);
+        r.max_tokens = r.max_tokens.saturating_sub(self.delivered.len());
+        r
+    }
+
+    /// Whether the tokens delivered already end it (its epoch failed between
+    /// its last token and the end event).
+    fn already_ended(&self) -> Option<FinishReason> {
+        if self
+            .delivered
+            .last()
+            .is_some_and(|t| self.request.stop_tokens.contains(t))
+        {
+            Some(FinishReason::Stop)
+        } else if self.delivered.len() >= self.request.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}
+
+/// An epoch as the relay feeds it.
+#[derive(Debug)]
+struct EpochFeed {
+    /// Its live channel; dropped once a retired epoch has no session left
+    /// (its run then ends on every process).
+    client: Option<LiveClient>,
+    /// Whether new requests go to it.
+    accepting: bool,
+}
+
+/// A session that continued after its epoch failed: how long its client
+/// waited for the next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resumption {
+    /// The epoch it continued in.
+    pub epoch: EpochId,
+    /// The sequence.
+    pub seq: SeqId,
+    /// Seconds from its epoch's end being noticed to its next token.
+    pub stall_s: f64,
+}
+
+#[derive(Debug, Default)]
+struct RelayState {
+    sessions: HashMap<SeqId, Session>,
+    epochs: BTreeMap<EpochId, EpochFeed>,
+    /// Where new requests go.
+    current: Option<EpochId>,
+    closed: bool,
+    resumptions: Vec<Resumption>,
+    /// Sessions carried into another epoch, in all.
+    moved: u64,
+}
+
+/// The sessions and the epochs they run in; the HTTP side's [`EngineFeed`].
+pub struct Relay {
+    state: Mutex<RelayState>,
+    /// Signalled when a session waits for an epoch or an epoch empties.
+    changed: Condvar,
+    routes: Arc<EventRoutes>,
+    log: Option<Mutex<DurableLogWriter>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (sessions, waiting) = self.counts();
+        f.debug_struct("Relay")
+            .field("sessions", &sessions)
+            .field("waiting", &waiting)
+            .field("logged", &self.log.is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Relay {
+    /// A relay delivering to `routes`, appending to `log` if given.
+    pub fn new(routes: Arc<EventRoutes>, log: Option<DurableLogWriter>) -> Self {
+        Self {
+            state: Mutex::new(RelayState::default()),
+            changed: Condvar::new(),
+            routes,
+            log: log.map(Mutex::new),
+        }
+    }
+
+    fn append(&self, record: &LogRecord) {
+        if let Some(log) = &self.log
+            && let Err(e) = lock(log).append(record)
+        {
+            eprintln!("coordinator: token log: {e}");
+        }
+    }
+
+    /// Flushes the token log to disk.
+    pub fn sync(&self) {
+        if let Some(log) = &self.log
+            && let Err(e) = lock(log).sync()
+        {
+            eprintln!("coordinator: token log: {e}");
+        }
+    }
+
+    /// Takes a request left unfinished by an earlier coordinator (from its
+    /// token log), with the tokens its client already had: it continues in
+    /// the next epoch, answered to the log only.
+    pub fn adopt(&self, request: Request, delivered: Vec<u32>) {
+        let mut st = lock(&self.state);
+        st.sessions.insert(
+            request.id,
+            Session {
+                request,
+                delivered,
+                epoch: None,
+                base: 0,
+                stalled_since: None,
+            },
+        );
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Sends `seq`'s continuation into `epoch` (or ends it, if its tokens already do).
+    fn dispatch(&self, st: &mut RelayState, seq: SeqId, epoch: EpochId) {
+        let Some(session) = st.sessions.get_mut(&seq) else {
+            return;
+        };
+        if let Some(reason) = session.already_ended() {
+            let session = st.sessions.remove(&seq).expect("just seen");
+            self.finish(session, reason, RequestTiming::default());
+            return;
+        }
+        let Some(client) = st.epochs.get(&epoch).and_then(|e| e.client.clone()) else {
+            return;
+        };
+        session.epoch = Some(epoch);
+        session.base = session.delivered.len();
+        if client
+            .submit(Submission::now(session.continuation()))
+            .is_err()
+        {
+            // The epoch's run has already ended: the session waits for the next.
+            session.epoch = None;
+        }
+    }
+
+    fn finish(&self, session: Session, reason: FinishReason, timing: RequestTiming) {
+        let seq = session.request.id;
+        self.append(&LogRecord::End {
+            seq,
+            reason: Some(reason),
+            error: None,
+        });
+        self.routes.deliver(&EngineEvent::Finished {
+            seq,
+            reason,
+            log: TokenLog {
+                prompt: session.request.prompt,
+                generated: session.delivered,
+            },
+            timing,
+        });
+    }
+
+    /// Opens `epoch` fed through `client`: new requests go to it from now on,
+    /// and every session waiting for an epoch continues in it.
+    pub fn open_epoch(&self, epoch: EpochId, client: LiveClient) {
+        let mut st = lock(&self.state);
+        if let Some(old) = st.current
+            && let Some(feed) = st.epochs.get_mut(&old)
+        {
+            feed.accepting = false;
+        }
+        st.epochs.insert(
+            epoch,
+            EpochFeed {
+                client: Some(client),
+                accepting: true,
+            },
+        );
+        st.current = Some(epoch);
+        let waiting: Vec<SeqId> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.epoch.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for seq in waiting {
+            self.dispatch(&mut st, seq, epoch);
+        }
+        Self::release_empty(&mut st);
+    }
+
+    /// Stops sending new requests to `epoch`; its sessions finish there, and
+    /// its run ends once the last has.
+    pub fn retire_epoch(&self, epoch: EpochId) {
+        let mut st = lock(&self.state);
+        if let Some(feed) = st.epochs.get_mut(&epoch) {
+            feed.accepting = false;
+        }
+        if st.current == Some(epoch) {
+            st.current = None;
+        }
+        Self::release_empty(&mut st);
+    }
+
+    /// Moves `epoch`'s sessions into the current epoch (a drain that ran out
+    /// of time): each is withdrawn there and continues from its tokens here.
+    /// Returns how many moved.
+    pub fn move_sessions(&self, epoch: EpochId) -> usize {
+        let mut st = lock(&self.state);
+        let Some(target) = st.current.filter(|&c| c != epoch) else {
+            return 0;
+        };
+        let old = st.epochs.get(&epoch).and_then(|e| e.client.clone());
+        let seqs: Vec<SeqId> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.epoch == Some(epoch))
+            .map(|(&id, _)| id)
+            .collect();
+        for &seq in &seqs {
+            if let Some(old) = &old {
+                let _ = old.cancel(seq);
+            }
+            self.dispatch(&mut st, seq, target);
+        }
+        st.moved += seqs.len() as u64;
+        Self::release_empty(&mut st);
+        seqs.len()
+    }
+
+    /// `epoch`'s run has ended (failed, or finished after retiring): its
+    /// sessions wait for the next epoch. Returns how many were left in it.
+    pub fn epoch_ended(&self, epoch: EpochId) -> usize {
+        let mut st = lock(&self.state);
+        st.epochs.remove(&epoch);
+        if st.current == Some(epoch) {
+            st.current = None;
+        }
+        let now = Instant::now();
+        let mut left = 0;
+        for s in st.sessions.values_mut() {
+            if s.epoch == Some(epoch) {
+                s.epoch = None;
+                s.stalled_since.get_or_insert(now);
+                left += 1;
+            }
+        }
+        st.moved += left as u64;
+        // Straight into the current epoch, if another is open.
+        if let Some(current) = st.current {
+            let waiting: Vec<SeqId> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.epoch.is_none())
+                .map(|(&id, _)| id)
+                .collect();
+            for seq in waiting {
+                self.dispatch(&mut st, seq, current);
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+        left
+    }
+
+    /// Drops the client of every retired epoch with no session left.
+    fn release_empty(st: &mut RelayState) {
+        let busy: Vec<EpochId> = st.sessions.values().filter_map(|s| s.epoch).collect();
+        for (id, feed) in st.epochs.iter_mut() {
+            if !feed.accepting && !busy.contains(id) {
+                feed.client = None;
+            }
+        }
+    }
+
+    /// An event of `epoch`'s run (called on its worker 0).
+    pub fn on_event(&self, epoch: EpochId, event: &EngineEvent) {
+        let seq = match event {
+            EngineEvent::Token { seq, .. }
+            | EngineEvent::Finished { seq, .. }
+            | EngineEvent::Refused { seq, .. } => *seq,
+        };
+        let mut st = lock(&self.state);
+        let Some(session) = st.sessions.get_mut(&seq).filter(|s| s.epoch == Some(epoch)) else {
+            return;
+        };
+        match event {
+            EngineEvent::Token {
+                index,
+                token,
+                at_us,
+                ..
+            } => {
+                let global = session.base + index;
+                if global != session.delivered.len() {
+                    return;
+                }
+                session.delivered.push(*token);
+                if let Some(since) = session.stalled_since.take() {
+                    st.resumptions.push(Resumption {
+                        epoch,
+                        seq,
+                        stall_s: since.elapsed().as_secs_f64(),
+                    });
+                }
+                self.append(&LogRecord::Token {
+                    seq,
+                    index: global,
+                    token: *token,
+                });
+                self.routes.deliver(&EngineEvent::Token {
+                    seq,
+                    index: global,
+                    token: *token,
+                    at_us: *at_us,
+                });
+            }
+            EngineEvent::Finished { reason, timing, .. } => {
+                let session = st.sessions.remove(&seq).expect("just seen");
+                self.finish(session, *reason, *timing);
+                Self::release_empty(&mut st);
+            }
+            EngineEvent::Refused { error, .. } => {
+                st.sessions.remove(&seq);
+                self.append(&LogRecord::End {
+                    seq,
+                    reason: None,
+                    error: Some(error.to_string()),
+                });
+                self.routes.deliver(event);
+                Self::release_empty(&mut st);
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Sessions running in `epoch`.
+    pub fn sessions_in(&self, epoch: EpochId) -> usize {
+        lock(&self.state)
+            .sessions
+            .values()
+            .filter(|s| s.epoch == Some(epoch))
+            .count()
+    }
+
+    /// Sessions in all, and those waiting for an epoch.
+    pub fn counts(&self) -> (usize, usize) {
+        let st = lock(&self.state);
+        let waiting = st.sessions.values().filter(|s| s.epoch.is_none()).count();
+        (st.sessions.len(), waiting)
+    }
+
+    /// Sessions carried into another epoch so far.
+    pub fn moved(&self) -> u64 {
+        lock(&self.state).moved
+    }
+
+    /// Every resumption so far.
+    pub fn resumptions(&self) -> Vec<Resumption> {
+        lock(&self.state).resumptions.clone()
+    }
+
+    /// Waits up to `timeout` for a change (a session waiting, an epoch emptying).
+    pub fn wait_change(&self, timeout: Duration) {
+        let st = lock(&self.state);
+        let _ = self
+            .changed
+            .wait_timeout(st, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Accepts nothing more; every epoch's client is dropped once its
+    /// sessions end.
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.current = None;
+        for feed in st.epochs.values_mut() {
+            feed.accepting = false;
+        }
+        Self::release_empty(&mut st);
+    }
+}
+
+impl EngineFeed for Relay {
+    fn submit(&self, request: Request) -> Result<(), EngineClosed> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(EngineClosed);
+        }
+        self.append(&LogRecord::Submit(request.clone()));
+        let seq = request.id;
+        st.sessions.insert(
+            seq,
+            Session {
+                request,
+                delivered: Vec::new(),
+                epoch: None,
+                base: 0,
+                stalled_since: None,
+            },
+        );
+        if let Some(epoch) = st.current {
+            self.dispatch(&mut st, seq, epoch);
+        }
+        drop(st);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn cancel(&self, seq: SeqId) -> Result<(), EngineClosed> {
+        let mut st = lock(&self.state);
+        let Some(session) = st.sessions.get(&seq) else {
+            return Ok(());
+        };
+        match session
+            .epoch
+            .and_then(|e| st.epochs.get(&e)?.client.clone())
+        {
+            // The engine ends it and says so.
+            Some(client) => {
+                let _ = client.cancel(seq);
+            }
+            None => {
+                st.sessions.remove(&seq);
+                let error = tokenflow_engine::dataflow::RequestError::Cancelled { seq };
+                self.append(&LogRecord::End {
+                    seq,
+                    reason: None,
+                    error: Some(error.to_string()),
+                });
+                self.routes.deliver(&EngineEvent::Refused { seq, error });
+                Self::release_empty(&mut st);
+            }
+        }
+        Ok(())
+    }
+
+    fn serving(&self) -> bool {
+        lock(&self.state).current.is_some()
+    }
+}

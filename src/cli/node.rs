@@ -1,0 +1,126 @@
+//! `tokenflow node`: a node agent that joins a coordinator and runs the stage
+//! work of each epoch it is part of; and `tokenflow worker`, the per-epoch
+//! process an agent starts.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use tokenflow_engine::dataflow::mesh::model_fingerprint;
+use tokenflow_planner::units::parse_duration;
+use tokenflow_serve::membership::agent::{AgentConfig, run_agent};
+use tokenflow_serve::membership::protocol::WorkerSpec;
+use tokenflow_serve::membership::worker::run_worker;
+
+use super::generate::{DEFAULT_MODEL, resolve_model};
+
+/// Arguments of `tokenflow node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The coordinator's URL, e.g. `http://10.0.0.1:8000`.
+    #[arg(long)]
+    pub join: String,
+    /// The cluster's join token (default: `$TOKENFLOW_JOIN_TOKEN`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Where this agent listens for the coordinator (`HOST:PORT`; port 0
+    /// picks one); its workers listen on the same host.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// The node's name (default: `node-PORT`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// GPU kind, a catalogue name (the planner's speed and memory figures).
+    #[arg(long, default_value = "RTX4090")]
+    pub gpu: String,
+    /// Memory this node offers for weights and KV, MiB (default: the GPU kind's).
+    #[arg(long, allow_negative_numbers = true)]
+    pub memory: Option<i64>,
+    /// The GGUF model file (the same file as the coordinator's).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// After SIGTERM, the longest wait for the coordinator to move this
+    /// node's stages before it goes anyway.
+    #[arg(long, default_value = "60s")]
+    pub leave_timeout: String,
+}
+
+/// Runs `tokenflow node` until it is drained (SIGTERM), interrupted, or refused.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let token = match args
+        .token
+        .clone()
+        .or_else(|| std::env::var("TOKENFLOW_JOIN_TOKEN").ok())
+    {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => bail!("tokenflow node needs --token SECRET (or $TOKENFLOW_JOIN_TOKEN)"),
+    };
+    if !(args.join.starts_with("http://") || args.join.starts_with("https://")) {
+        bail!(
+            "--join {}: expected the coordinator's URL, e.g. http://10.0.0.1:8000",
+            args.join
+        );
+    }
+    let leave_timeout = parse_duration("--leave-timeout", &args.leave_timeout)?;
+    let model_path = resolve_model(&args.model)?;
+    let fingerprint = model_fingerprint(&model_path)
+        .with_context(|| format!("reading {}", model_path.display()))?;
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        bail!(
+            "--listen {}: give the address other hosts reach this node at, not an unspecified one",
+            args.listen
+        );
+    }
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", addr.port()));
+    let config = AgentConfig {
+        join: args.join.clone(),
+        token,
+        name: name.clone(),
+        gpu: args.gpu.clone(),
+        memory_mb: args.memory,
+        model_path,
+        model_fingerprint: fingerprint,
+        worker_exe: std::env::current_exe()?,
+        work_dir: std::env::temp_dir().join("tokenflow-node"),
+        leave_timeout,
+    };
+    run_agent(config, listener, |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tokenflow node {name}: listening on {addr}");
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
+
+/// Arguments of `tokenflow worker` (started by a node agent).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The epoch's spec (JSON), written by the agent.
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// The GGUF model file.
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+/// Runs one epoch's process.
+pub fn run_worker_process(args: WorkerArgs) -> anyhow::Result<()> {
+    let text = std::fs::read(&args.spec)
+        .with_context(|| format!("--spec {}: cannot read it", args.spec.display()))?;
+    let spec: WorkerSpec = serde_json::from_slice(&text)
+        .with_context(|| format!("--spec {}: not a worker spec", args.spec.display()))?;
+    let _ = std::fs::remove_file(&args.spec);
+    // An epoch that ends because a peer died is the normal way out of a
+    // failed epoch: one line, no backtrace, exit 1.
+    if let Err(e) = run_worker(spec, &args.model, std::io::stdout()) {
+        eprintln!("tokenflow worker: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
