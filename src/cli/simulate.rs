@@ -54,6 +54,15 @@ pub struct SimulateArgs {
     /// SLO for goodput: `ttft=DUR,itl=DUR` (mean inter-token latency of a request).
     #[arg(long, default_value = "ttft=10s,itl=1s")]
     pub slo: String,
+    /// Detection delay: how long after a node dies its sequences restart (e.g.
+    /// `500ms`; 0: at once).
+    #[arg(long, default_value = "0")]
+    pub detection: String,
+    /// How a death is recovered from: `in-place` (the engine's failover inside
+    /// one timely cluster) or `epoch:form=DUR` (the coordinator's epochs: every
+    /// sequence restarts once the next cluster has formed, DUR after detection).
+    #[arg(long, default_value = "in-place")]
+    pub failover: String,
     /// Router calls: `auto`, `off` (one per request) or a pool size.
     #[arg(long, default_value = "auto")]
     pub route_cache: String,
@@ -125,6 +134,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         weight_source_gbps: args.weight_source_gbps,
         slo: Slo::parse(&args.slo)?,
         drain_s,
+        detection_s: duration("--detection", &args.detection)?,
+        failover: tokenflow_sim::Failover::parse(&args.failover)?,
         ..SimConfig::default()
     };
     let scenario = Scenario {

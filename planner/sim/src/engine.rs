@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use super::churn::ChurnEvent;
 use super::error::SimError;
-use super::spec::{ReplanPolicy, RouteCache, SimConfig};
+use super::spec::{Failover, ReplanPolicy, RouteCache, SimConfig};
 use super::workload::SimRequest;
 use tokenflow_core::batch::{HoldClock, StepQueue};
 use tokenflow_planner::cluster::{Cluster, ClusterSpec};
@@ -95,6 +95,9 @@ pub struct RequestOutcome {
     pub restarts: u32,
     /// Refused: larger than every replica of a stage can hold.
     pub rejected: bool,
+    /// Longest wait between two of its tokens, seconds (a restart's stall).
+    #[serde(default)]
+    pub max_gap_s: f64,
     /// Finished within the SLO.
     pub met_slo: bool,
 }
@@ -273,6 +276,12 @@ enum Ev {
     },
     /// A scaling decision of the load-aware policy.
     Scale,
+    /// A sequence whose node died is noticed (after the detection delay)
+    /// and may restart, if nothing restarted it since (`incarnation`).
+    Restart {
+        seq: u32,
+        incarnation: u32,
+    },
 }
 
 struct Entry {
@@ -447,6 +456,8 @@ pub(crate) struct Sim<'a> {
     free_seqs: Vec<u32>,
     waiting: VecDeque<u32>,
     restart_q: VecDeque<u32>,
+    /// When the epoch forming after a death serves (epoch failover), ns.
+    epoch_ready: u64,
     running: usize,
     msgs: Vec<Vec<Item>>,
     free_msgs: Vec<u32>,
@@ -545,6 +556,7 @@ impl<'a> Sim<'a> {
                 restarts: 0,
                 rejected: false,
                 met_slo: false,
+                max_gap_s: 0.0,
             })
             .collect();
         let mut sim = Sim {
@@ -561,6 +573,7 @@ impl<'a> Sim<'a> {
             free_seqs: Vec::new(),
             waiting: VecDeque::new(),
             restart_q: VecDeque::new(),
+            epoch_ready: 0,
             running: 0,
             msgs: Vec::new(),
             free_msgs: Vec::new(),
@@ -663,6 +676,13 @@ impl<'a> Sim<'a> {
                     self.hold_recount();
                 }
                 Ev::Loaded { node, epoch } => self.on_loaded(node, epoch),
+                Ev::Restart { seq, incarnation } => {
+                    let q = &self.seqs[seq as usize];
+                    if q.live && q.incarnation == incarnation {
+                        self.restart_q.push_back(seq);
+                        self.admit_dirty = true;
+                    }
+                }
                 Ev::Scale => self.on_scale(),
             }
             if self.admit_dirty {
@@ -971,11 +991,16 @@ impl<'a> Sim<'a> {
 
     /// Drops what a node holds: its batch, queues, KV and the sequences through it.
     fn reset_node(&mut self, i: usize) {
+        self.reset_node_after(i, 0);
+    }
+
+    /// Drops node `i`'s KV and queues; its sequences restart `delay` ns from now.
+    fn reset_node_after(&mut self, i: usize, delay: u64) {
         let list = std::mem::take(&mut self.nodes[i].seqs);
         // Restart in a stable order; each restart removes the sequence from every list.
         self.nodes[i].seqs = list.clone();
         for s in list {
-            self.restart(s);
+            self.restart_after(s, delay);
         }
         let nd = &mut self.nodes[i];
         nd.epoch = nd.epoch.wrapping_add(1);
@@ -1409,7 +1434,8 @@ impl<'a> Sim<'a> {
         self.admit_dirty = true;
     }
 
-    fn restart(&mut self, s: u32) {
+    /// Restarts `s` from its tokens; it queues for a path `delay` ns from now.
+    fn restart_after(&mut self, s: u32, delay: u64) {
         if self.seqs[s as usize].hops() == 0 {
             return;
         }
@@ -1422,8 +1448,19 @@ impl<'a> Sim<'a> {
         q.cached = 0;
         q.hop = 0;
         let req = q.req as usize;
+        let incarnation = q.incarnation;
         self.outcomes[req].restarts += 1;
-        self.restart_q.push_back(s);
+        if delay == 0 {
+            self.restart_q.push_back(s);
+        } else {
+            self.push(
+                self.now + delay,
+                Ev::Restart {
+                    seq: s,
+                    incarnation,
+                },
+            );
+        }
     }
 
     fn resolve(&mut self) {
@@ -1612,8 +1649,10 @@ impl<'a> Sim<'a> {
             self.latency.record_us(metric::TTFT, ttft / 1000);
             self.outcomes[req].first_token_s = Some(to_s(now));
         } else {
-            self.latency
-                .record_us(metric::INTER_TOKEN, now.saturating_sub(q.last_token) / 1000);
+            let gap = now.saturating_sub(q.last_token);
+            self.latency.record_us(metric::INTER_TOKEN, gap / 1000);
+            let o = &mut self.outcomes[req];
+            o.max_gap_s = o.max_gap_s.max(to_s(gap));
         }
         q.last_token = now;
         let (generated, output) = (q.generated, q.output);
@@ -1752,8 +1791,9 @@ impl<'a> Sim<'a> {
                 self.stats.weight_bytes_loaded += bytes;
                 let t = bytes / self.load_bps(i);
                 let epoch = self.nodes[i].epoch;
+                // A node back while an epoch forms serves with that epoch.
                 self.push(
-                    self.now + to_ns(t),
+                    (self.now + to_ns(t)).max(self.epoch_ready),
                     Ev::Loaded {
                         node: e.node,
                         epoch,
@@ -1766,10 +1806,38 @@ impl<'a> Sim<'a> {
             }
             self.stats.failures += 1;
             self.timeline.failures_s.push(to_s(self.now));
-            self.reset_node(i);
+            let detect = to_ns(self.inp.config.detection_s);
+            let ready = match self.inp.config.failover {
+                Failover::InPlace => detect,
+                Failover::Epoch { form_s } => detect + to_ns(form_s),
+            };
+            // Restarts queue just after the nodes are ready, so the router
+            // sees every node of the new epoch, not the first one loaded.
+            self.reset_node_after(i, ready + 1_000);
             let nd = &mut self.nodes[i];
             nd.up = false;
             nd.loaded = false;
+            if let Failover::Epoch { .. } = self.inp.config.failover {
+                // The whole timely cluster ends: every node starts the next
+                // epoch empty, once it has formed.
+                self.epoch_ready = self.now + ready;
+                for j in 0..self.nodes.len() {
+                    if j == i || !self.nodes[j].up || self.nodes[j].span.is_none() {
+                        continue;
+                    }
+                    self.reset_node_after(j, ready + 1_000);
+                    self.nodes[j].loaded = false;
+                    let epoch = self.nodes[j].epoch;
+                    self.push(
+                        self.now + ready,
+                        Ev::Loaded {
+                            node: j as u32,
+                            epoch,
+                        },
+                    );
+                    self.node_state(j);
+                }
+            }
         }
         self.membership_changed(i, e.up);
     }

@@ -39,7 +39,7 @@ pub use churn::{ChurnEvent, ChurnSpec};
 pub use engine::{Progress, RequestOutcome, SimOutcome, SimStats, Timeline};
 pub use error::SimError;
 pub use report::{SimComparison, StrategyResult};
-pub use spec::{ReplanPolicy, RouteCache, RouterChoice, SimConfig, Slo};
+pub use spec::{Failover, ReplanPolicy, RouteCache, RouterChoice, SimConfig, Slo};
 pub use workload::{Arrivals, Lengths, SimRequest, WorkloadSpec};
 
 use engine::{RunInputs, Sim};

@@ -268,6 +268,48 @@ impl Slo {
     }
 }
 
+/// How the executor recovers when a node dies.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    /// The engine's failover inside one timely cluster: only the sequences
+    /// on the dead node restart (after the detection delay), elsewhere.
+    #[default]
+    InPlace,
+    /// The coordinator's membership epochs (`serve --coordinator`): a death
+    /// ends the whole timely cluster, so every node's KV is dropped and every
+    /// sequence restarts once the next epoch has formed, `form_s` after the
+    /// detection delay (no node serves in between).
+    Epoch {
+        /// Seconds from detection to the next epoch serving (process start,
+        /// connection mesh, weight load).
+        form_s: f64,
+    },
+}
+
+impl Failover {
+    /// Parses `in-place` or `epoch:form=DURATION`.
+    pub fn parse(text: &str) -> Result<Failover, SimError> {
+        let t = text.trim();
+        let (kind, rest) = t.split_once(':').unwrap_or((t, ""));
+        match kind {
+            "in-place" if rest.is_empty() => Ok(Failover::InPlace),
+            "epoch" => {
+                let mut kv = KeyValues::parse("failover", text, rest)?;
+                let form_s = kv.duration("form")?.unwrap_or(0.0);
+                kv.finish()?;
+                non_negative("failover.form", form_s)?;
+                Ok(Failover::Epoch { form_s })
+            }
+            _ => Err(SimError::Spec {
+                what: "failover".into(),
+                spec: text.into(),
+                message: "expected in-place or epoch:form=DURATION".into(),
+            }),
+        }
+    }
+}
+
 /// The scheduling core's settings (the engine's, same names and defaults)
 /// and the simulator's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +333,13 @@ pub struct SimConfig {
     pub drain_s: Option<f64>,
     /// Bins of the throughput timeline.
     pub timeline_bins: usize,
+    /// Seconds from a node's death to the executor noticing it (its
+    /// sequences wait that long before they restart; 0: at once).
+    #[serde(default)]
+    pub detection_s: f64,
+    /// How a death is recovered from.
+    #[serde(default)]
+    pub failover: Failover,
 }
 
 impl Default for SimConfig {
@@ -303,6 +352,8 @@ impl Default for SimConfig {
             slo: Slo::default(),
             drain_s: None,
             timeline_bins: 120,
+            detection_s: 0.0,
+            failover: Failover::InPlace,
         }
     }
 }
@@ -326,6 +377,10 @@ impl SimConfig {
             });
         }
         positive("weight_source_gbps", self.weight_source_gbps)?;
+        non_negative("detection", self.detection_s)?;
+        if let Failover::Epoch { form_s } = self.failover {
+            non_negative("failover.form", form_s)?;
+        }
         positive("slo.ttft", self.slo.ttft_s)?;
         positive("slo.itl", self.slo.itl_s)?;
         if let Some(d) = self.drain_s {

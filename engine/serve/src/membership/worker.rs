@@ -2,7 +2,8 @@
 //! node agent): runs the stages the epoch's plan gives its node, as process
 //! `spec.process` of the epoch's timely cluster, and prints each phase it
 //! reaches as a JSON line on standard output (`{"phase": "mesh connected",
-//! "t": UNIX}`), which its agent passes on to the coordinator.
+//! "t": UNIX}`; also `first stage call`, seen on the board its workers post
+//! to every 250 ms), which its agent passes on to the coordinator.
 
 use std::io::Write;
 use std::path::Path;
@@ -90,8 +91,14 @@ pub fn run_worker(
 
 fn print_phases(board: &MetricsBoard, done: &AtomicBool, mut out: impl Write) {
     let mut printed = 0;
+    let mut served = false;
     loop {
         let finished = done.load(Ordering::SeqCst);
+        // The first stage call this process ran: a new node serving.
+        if !served && board.snapshot().stages.values().any(|s| s.batches > 0) {
+            served = true;
+            board.mark("first stage call");
+        }
         let phases = board.phases();
         for (phase, at) in &phases[printed..] {
             let t = at
