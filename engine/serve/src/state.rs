@@ -105,7 +105,7 @@ impl EventRoutes {
             .clear();
     }
 
-    fn open(&self, seq: SeqId) -> Option<UnboundedReceiver<EngineEvent>> {
+    pub(crate) fn open(&self, seq: SeqId) -> Option<UnboundedReceiver<EngineEvent>> {
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         if self.closed.load(Ordering::SeqCst) {
             return None;

@@ -8,8 +8,8 @@ use tokenflow_planner::cost::CostModel;
 use tokenflow_planner::latency::metric;
 use tokenflow_planner::{Cluster, Plan, PlanError, PlanOptions, plan_with, presets};
 use tokenflow_sim::{
-    ChurnSpec, ReplanPolicy, RouterChoice, Scenario, SimCluster, SimConfig, SimError, SimRequest,
-    Simulator, Slo, WorkloadSpec, simulate_plan, strategy_list,
+    ChurnSpec, Failover, ReplanPolicy, RouterChoice, Scenario, SimCluster, SimConfig, SimError,
+    SimRequest, Simulator, Slo, WorkloadSpec, simulate_plan, strategy_list,
 };
 
 const ONE_NODE: &str = r#"
@@ -712,5 +712,58 @@ fn elastic_scaling_releases_nodes_at_low_demand_and_adds_them_back() {
                 .contains("elastic"),
             "{bad}"
         );
+    }
+}
+
+#[test]
+fn epoch_failover_restarts_every_sequence_after_detection_and_formation() {
+    let cluster = SimCluster::from_path(scenario_dir().join("rack-4090.toml")).unwrap();
+    let model = presets::model("Llama-3-8B").unwrap();
+    let trace = tmp(
+        "epoch.csv",
+        "node,start_s,end_s,state\nr4090-0,5,5.5,down\n",
+    );
+    let run = |failover: Failover, detection_s: f64| {
+        let mut sc = rack_scenario(
+            ChurnSpec::Trace {
+                path: trace.clone(),
+            },
+            3,
+        );
+        sc.config.drain_s = None;
+        sc.config.failover = failover;
+        sc.config.detection_s = detection_s;
+        let sim = Simulator::new(&cluster, &model, &sc).unwrap();
+        let run = sim.run("even", &mut |_| {}).unwrap();
+        let total_out: u64 = sim.requests().iter().map(|r| r.output_tokens as u64).sum();
+        assert_eq!(run.outcome.stats.tokens_generated, total_out);
+        assert_eq!(run.outcome.stats.completed, sim.requests().len() as u64);
+        let gap = run
+            .outcome
+            .requests
+            .iter()
+            .map(|o| o.max_gap_s)
+            .fold(0.0, f64::max);
+        (run.outcome.stats.requests_restarted, gap)
+    };
+    let (in_place, _) = run(Failover::InPlace, 0.0);
+    let (late, late_gap) = run(Failover::InPlace, 0.8);
+    let (epoch, epoch_gap) = run(Failover::Epoch { form_s: 1.5 }, 0.8);
+    assert!(in_place > 0 && in_place == late, "{in_place} {late}");
+    // Every sequence running at the death restarts, not only the dead node's.
+    assert!(epoch > in_place, "epoch {epoch} vs in place {in_place}");
+    // The sequences on the dead node wait at least the detection delay, and
+    // under epochs at least detection and formation.
+    assert!(late_gap >= 0.8, "{late_gap}");
+    assert!(epoch_gap >= 2.3, "{epoch_gap}");
+    assert!(Failover::parse("epoch:form=250ms").unwrap() == Failover::Epoch { form_s: 0.25 });
+    assert!(Failover::parse("in-place").unwrap() == Failover::InPlace);
+    for bad in [
+        "epoch:form=-1s",
+        "epoch:x=1s",
+        "sideways",
+        "in-place:form=1s",
+    ] {
+        assert!(Failover::parse(bad).is_err(), "{bad}");
     }
 }

@@ -496,3 +496,289 @@ impl EngineFeed for Relay {
         lock(&self.state).current.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenflow_engine::dataflow::{ClientMsg, LiveIntake, live_channel};
+
+    fn token(seq: SeqId, index: usize, token: u32) -> EngineEvent {
+        EngineEvent::Token {
+            seq,
+            index,
+            token,
+            at_us: 0,
+        }
+    }
+
+    fn finished(seq: SeqId) -> EngineEvent {
+        EngineEvent::Finished {
+            seq,
+            reason: FinishReason::Length,
+            log: TokenLog::default(),
+            timing: RequestTiming::default(),
+        }
+    }
+
+    /// Requests the epoch behind `intake` was sent.
+    fn submitted(intake: &LiveIntake) -> Vec<Request> {
+        intake
+            .drain()
+            .messages
+            .into_iter()
+            .filter_map(|m| match m {
+                ClientMsg::Submit(s) => Some(s.request),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn relay() -> (Relay, Arc<EventRoutes>) {
+        let routes = Arc::new(EventRoutes::default());
+        (Relay::new(Arc::clone(&routes), None), routes)
+    }
+
+    #[test]
+    fn a_session_continues_in_the_next_epoch_from_its_tokens() {
+        let (relay, _routes) = relay();
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        relay.submit(Request::greedy(7, vec![1, 2, 3], 5)).unwrap();
+        assert_eq!(submitted(&i0)[0].prompt, vec![1, 2, 3]);
+        relay.on_event(0, &token(7, 0, 10));
+        relay.on_event(0, &token(7, 1, 11));
+        // A duplicate and a gap are not passed on.
+        relay.on_event(0, &token(7, 1, 11));
+        relay.on_event(0, &token(7, 3, 13));
+        assert_eq!(relay.epoch_ended(0), 1);
+        assert!(!relay.serving());
+        assert_eq!(relay.counts(), (1, 1));
+        // Late events of the ended epoch are dropped.
+        relay.on_event(0, &token(7, 2, 99));
+        let (c1, i1) = live_channel();
+        relay.open_epoch(1, c1);
+        let again = submitted(&i1);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].prompt, vec![1, 2, 3, 10, 11]);
+        assert_eq!(again[0].max_tokens, 3);
+        // The new epoch counts from 0; the client sees indices 2, 3, 4.
+        relay.on_event(1, &token(7, 0, 12));
+        relay.on_event(1, &token(7, 1, 13));
+        relay.on_event(1, &token(7, 2, 14));
+        relay.on_event(1, &finished(7));
+        assert_eq!(relay.counts(), (0, 0));
+        assert_eq!(relay.moved(), 1);
+        assert_eq!(relay.resumptions().len(), 1);
+    }
+
+    #[test]
+    fn a_retired_epoch_finishes_its_sessions_while_new_ones_go_on() {
+        let (relay, _routes) = relay();
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        relay.submit(Request::greedy(1, vec![1], 4)).unwrap();
+        let (c1, i1) = live_channel();
+        relay.open_epoch(1, c1);
+        relay.submit(Request::greedy(2, vec![2], 4)).unwrap();
+        assert_eq!(submitted(&i0).len(), 1);
+        assert_eq!(submitted(&i1)[0].id, 2);
+        assert_eq!(relay.sessions_in(0), 1);
+        // The old epoch keeps its client (the run goes on) until its last
+        // session ends; then the client is dropped and the run may end.
+        assert!(!i0.drain().closed);
+        relay.on_event(0, &token(1, 0, 5));
+        relay.on_event(0, &finished(1));
+        assert!(
+            i0.drain().closed,
+            "the retired epoch's client was not released"
+        );
+        assert!(!i1.drain().closed);
+        assert_eq!(relay.moved(), 0);
+    }
+
+    #[test]
+    fn a_drain_past_its_deadline_moves_sessions_without_losing_tokens() {
+        let (relay, _routes) = relay();
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        relay.submit(Request::greedy(3, vec![9], 6)).unwrap();
+        submitted(&i0);
+        relay.on_event(0, &token(3, 0, 40));
+        let (c1, i1) = live_channel();
+        relay.open_epoch(1, c1);
+        assert_eq!(relay.move_sessions(0), 1);
+        // The old epoch is told to cancel; its cancellation is not passed on.
+        let cancels = i0.drain().messages;
+        assert!(matches!(cancels[..], [ClientMsg::Cancel(3)]), "{cancels:?}");
+        relay.on_event(
+            0,
+            &EngineEvent::Refused {
+                seq: 3,
+                error: tokenflow_engine::dataflow::RequestError::Cancelled { seq: 3 },
+            },
+        );
+        assert_eq!(relay.counts(), (1, 0));
+        let moved = submitted(&i1);
+        assert_eq!(moved[0].prompt, vec![9, 40]);
+        assert_eq!(moved[0].max_tokens, 5);
+    }
+
+    #[test]
+    fn a_session_whose_tokens_already_end_it_is_finished_not_resubmitted() {
+        let (relay, _routes) = relay();
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        let mut r = Request::greedy(4, vec![1], 3);
+        r.stop_tokens = vec![2];
+        relay.submit(r).unwrap();
+        submitted(&i0);
+        relay.on_event(0, &token(4, 0, 2));
+        relay.epoch_ended(0);
+        let (c1, i1) = live_channel();
+        relay.open_epoch(1, c1);
+        assert!(submitted(&i1).is_empty());
+        assert_eq!(relay.counts(), (0, 0));
+    }
+
+    #[test]
+    fn requests_wait_for_the_first_epoch_and_a_cancel_there_ends_them() {
+        let (relay, _routes) = relay();
+        relay.submit(Request::greedy(5, vec![1], 3)).unwrap();
+        relay.submit(Request::greedy(6, vec![1], 3)).unwrap();
+        relay.cancel(6).unwrap();
+        assert_eq!(relay.counts(), (1, 1));
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        let sent = submitted(&i0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].id, 5);
+        relay.close();
+        assert!(relay.submit(Request::greedy(8, vec![1], 3)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+    use tokenflow_engine::dataflow::{ClientMsg, LiveIntake, live_channel};
+
+    /// The token a deterministic model gives at generated position `k`.
+    fn truth(seq: SeqId, k: usize) -> u32 {
+        (seq as u32 * 31 + k as u32 * 7) % 500
+    }
+
+    /// One epoch as the test drives it.
+    struct FakeEpoch {
+        intake: LiveIntake,
+        /// Per sequence: tokens it had when given to this epoch, tokens emitted here.
+        given: HashMap<SeqId, (usize, usize)>,
+        /// Sequences the relay took away (their events here are stale).
+        gone: HashSet<SeqId>,
+        failed: bool,
+    }
+
+    impl FakeEpoch {
+        fn take_submissions(&mut self) {
+            for m in self.intake.drain().messages {
+                if let ClientMsg::Submit(s) = m {
+                    self.given
+                        .insert(s.request.id, (s.request.prompt.len() - 2, 0));
+                    self.gone.remove(&s.request.id);
+                }
+            }
+        }
+
+        /// Emits `seq`'s next token; a stale epoch's token is wrong on purpose.
+        fn emit(&mut self, relay: &Relay, id: u64, seq: SeqId, repeat: bool) {
+            let stale = self.failed || self.gone.contains(&seq);
+            let Some((base, produced)) = self.given.get_mut(&seq) else {
+                return;
+            };
+            let index = if repeat {
+                if *produced == 0 {
+                    return;
+                }
+                *produced - 1
+            } else {
+                *produced += 1;
+                *produced - 1
+            };
+            let k = *base + index;
+            let t = if stale {
+                truth(seq, k) + 500
+            } else {
+                truth(seq, k)
+            };
+            relay.on_event(
+                id,
+                &EngineEvent::Token {
+                    seq,
+                    index,
+                    token: t,
+                    at_us: 0,
+                },
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever epochs fail, retire, move their sessions, repeat tokens
+        /// or send stale ones, each client receives exactly the tokens of a
+        /// run without failures, in order, each once.
+        #[test]
+        fn clients_get_every_token_once_in_order(
+            steps in proptest::collection::vec((0u8..7, 0u64..3), 1..120),
+        ) {
+            let routes = Arc::new(EventRoutes::default());
+            let relay = Relay::new(Arc::clone(&routes), None);
+            let mut rx = Vec::new();
+            for seq in 0..3u64 {
+                rx.push(routes.open(seq).unwrap());
+                relay.submit(Request::greedy(seq, vec![1, 2], 1000)).unwrap();
+            }
+            let mut epochs: Vec<FakeEpoch> = Vec::new();
+            let open = |relay: &Relay, epochs: &mut Vec<FakeEpoch>| {
+                let (c, intake) = live_channel();
+                relay.open_epoch(epochs.len() as u64, c);
+                epochs.push(FakeEpoch { intake, given: HashMap::new(), gone: HashSet::new(), failed: false });
+            };
+            open(&relay, &mut epochs);
+            for (action, seq) in steps {
+                for ep in epochs.iter_mut() {
+                    ep.take_submissions();
+                }
+                let e = epochs.len() - 1;
+                match action {
+                    0 | 1 => epochs[e].emit(&relay, e as u64, seq, false),
+                    2 => epochs[e].emit(&relay, e as u64, seq, true),
+                    3 if e > 0 => epochs[e - 1].emit(&relay, (e - 1) as u64, seq, false),
+                    4 => {
+                        epochs[e].failed = true;
+                        relay.epoch_ended(e as u64);
+                        open(&relay, &mut epochs);
+                    }
+                    5 => open(&relay, &mut epochs),
+                    6 if e > 0 => {
+                        let ids: Vec<SeqId> = epochs[e - 1].given.keys().copied().collect();
+                        relay.move_sessions((e - 1) as u64);
+                        epochs[e - 1].gone.extend(ids);
+                    }
+                    _ => {}
+                }
+            }
+            for (seq, r) in rx.iter_mut().enumerate() {
+                let mut got = Vec::new();
+                while let Ok(ev) = r.try_recv() {
+                    if let EngineEvent::Token { index, token, .. } = ev {
+                        prop_assert_eq!(index, got.len());
+                        got.push(token);
+                    }
+                }
+                let want: Vec<u32> = (0..got.len()).map(|k| truth(seq as u64, k)).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
