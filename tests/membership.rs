@@ -468,6 +468,33 @@ fn wrong_tokens_and_bad_registrations_are_refused() {
         (r.status().as_u16(), ())
     };
     assert_eq!(got, 400);
+    // The model's bytes: the join token and one range within the file.
+    let bytes = |range: Option<&str>, token: &str| {
+        let mut r = http()
+            .get(format!("http://{}/control/model/bytes", c.addr))
+            .bearer_auth(token);
+        if let Some(range) = range {
+            r = r.header("Range", range);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    assert_eq!(bytes(Some("bytes=0-3"), TOKEN), (206, b"GGUF".to_vec()));
+    assert_eq!(bytes(Some("bytes=0-3"), "client-key").0, 401);
+    for bad in [
+        None,
+        Some("bytes=5-2"),
+        Some("bytes=0-99999999999"),
+        Some("items=0-3"),
+        Some("bytes=-3"),
+    ] {
+        assert_eq!(bytes(bad, TOKEN).0, 416, "{bad:?}");
+    }
+    let manifest = control(&c, "/control/model/manifest");
+    assert!(
+        manifest["tensors"].as_array().unwrap().len() > 5,
+        "{manifest:#}"
+    );
     // Nothing refused was registered.
     let nodes = control(&c, "/control/nodes");
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 0, "{nodes:#}");
@@ -489,20 +516,65 @@ fn wrong_tokens_and_bad_registrations_are_refused() {
     assert!(err.contains("refused") && err.contains("401"), "{err}");
 }
 
+/// The fetched bytes a node reports.
+fn fetched_bytes(c: &Proc, node: &str) -> u64 {
+    let nodes = control(c, "/control/nodes");
+    nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["registration"]["name"] == node)
+        .and_then(|n| n["status"]["fetched_bytes"].as_u64())
+        .unwrap_or(0)
+}
+
 #[test]
-fn smollm2_streams_survive_a_killed_worker() {
+fn smollm2_streams_survive_a_killed_worker_on_a_node_that_fetched_its_stage() {
     let model = common::smollm2_path();
     let history = temp_file("history-smollm2.jsonl");
     let c = coordinator(&model, &history, &["--min-nodes", "3"]);
-    let _agents: Vec<Proc> = ["a", "b", "c"]
+    let join = format!("http://{}", c.addr);
+    let m = model.to_str().unwrap();
+    // 80 MiB each, less than the model: the plan is a three-stage pipeline.
+    let mut agents: Vec<Proc> = ["a", "b"]
         .iter()
-        .map(|n| agent(&c, n, &model))
+        .map(|n| {
+            Proc::start(&[
+                "node", "--join", &join, "--token", TOKEN, "--name", n, "--model", m, "--memory",
+                "80",
+            ])
+        })
         .collect();
+    // Node c holds no model file: it fetches its stage's tensors.
+    agents.push(Proc::start(&[
+        "node",
+        "--join",
+        &join,
+        "--token",
+        TOKEN,
+        "--name",
+        "c",
+        "--fetch-model",
+        "--memory",
+        "80",
+    ]));
     wait_ready(&c);
+    let epochs = control(&c, "/control/epochs");
+    assert_eq!(
+        epochs["epochs"][0]["stages"].as_array().unwrap().len(),
+        3,
+        "{epochs:#}"
+    );
     let ps: Vec<Vec<u32>> = (0..3u32)
         .map(|i| vec![1, 504 + i, 2_000 + 17 * i, 30])
         .collect();
     let reference = streams_with(&c, &ps, 40, 1, || {});
+    let file_len = std::fs::metadata(&model).unwrap().len();
+    let fetched = wait_fetched(&c, "c");
+    assert!(
+        fetched > 0 && fetched < file_len * 3 / 4,
+        "node c fetched {fetched} of {file_len} bytes"
+    );
     let killed = streams_with(&c, &ps, 40, 4, || {
         let pid = worker_pid(&c, "c");
         // SAFETY: kill(2) of a worker process the test found by its agent.
@@ -516,4 +588,18 @@ fn smollm2_streams_survive_a_killed_worker() {
     );
     let e = control(&c, "/control/epochs");
     assert!(e["moved"].as_u64().unwrap() > 0, "{e:#}");
+    // Its next worker serves the same stage from what it already fetched.
+    assert_eq!(fetched_bytes(&c, "c"), fetched);
+}
+
+/// Waits (bounded) for `node`'s status to report fetched bytes.
+fn wait_fetched(c: &Proc, node: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = fetched_bytes(c, node);
+        if f > 0 || Instant::now() > deadline {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

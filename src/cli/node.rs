@@ -39,6 +39,11 @@ pub struct NodeArgs {
     /// The GGUF model file (the same file as the coordinator's).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
+    /// Hold no model file: fetch from the coordinator only the tensors of the
+    /// stages this node is given (into a sparse file in the temp folder,
+    /// removed when the agent exits).
+    #[arg(long, conflicts_with = "model")]
+    pub fetch_model: bool,
     /// After SIGTERM, the longest wait for the coordinator to move this
     /// node's stages before it goes anyway.
     #[arg(long, default_value = "60s")]
@@ -62,9 +67,6 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     let leave_timeout = parse_duration("--leave-timeout", &args.leave_timeout)?;
-    let model_path = resolve_model(&args.model)?;
-    let fingerprint = model_fingerprint(&model_path)
-        .with_context(|| format!("reading {}", model_path.display()))?;
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
@@ -78,6 +80,16 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("node-{}", addr.port()));
+    let work_dir = std::env::temp_dir().join("tokenflow-node");
+    let (model_path, fingerprint) = if args.fetch_model {
+        let path = work_dir.join(format!("{name}-{}-model.gguf", std::process::id()));
+        (path, String::new())
+    } else {
+        let path = resolve_model(&args.model)?;
+        let fingerprint =
+            model_fingerprint(&path).with_context(|| format!("reading {}", path.display()))?;
+        (path, fingerprint)
+    };
     let config = AgentConfig {
         join: args.join.clone(),
         token,
@@ -86,8 +98,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         memory_mb: args.memory,
         model_path,
         model_fingerprint: fingerprint,
+        fetch_model: args.fetch_model,
         worker_exe: std::env::current_exe()?,
-        work_dir: std::env::temp_dir().join("tokenflow-node"),
+        work_dir,
         leave_timeout,
     };
     run_agent(config, listener, |addr| {

@@ -109,6 +109,12 @@ pub fn model_fingerprint_bytes(path: &std::path::Path) -> std::io::Result<Vec<u8
     Ok(out)
 }
 
+/// The hash nodes compare bytes by (FNV-1a, 64 bits, hex): a tensor fetched
+/// from the coordinator is checked against the hash it sent.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hash_hex(bytes)
+}
+
 /// A model file's fingerprint as text: the hash of
 /// [`model_fingerprint_bytes`], which nodes compare before they serve together.
 pub fn model_fingerprint(path: &std::path::Path) -> std::io::Result<String> {

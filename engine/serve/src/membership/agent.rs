@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use super::control::{ControlError, check_token, parse_body};
+use super::model_fetch::{FetchError, PartialModel};
 use super::protocol::{
     AgentStatus, Leave, Prepare, Prepared, Registration, Stop, WorkerSpec, WorkerState,
 };
@@ -43,10 +44,13 @@ pub struct AgentConfig {
     pub gpu: String,
     /// Memory offered, MiB (default: the GPU kind's).
     pub memory_mb: Option<i64>,
-    /// The model file.
+    /// The model file (with `fetch_model`: where the partial copy is written).
     pub model_path: PathBuf,
-    /// Its fingerprint.
+    /// Its fingerprint (with `fetch_model`: taken from the coordinator).
     pub model_fingerprint: String,
+    /// Fetch the model from the coordinator, only the tensors of this node's
+    /// stages, instead of reading a local file.
+    pub fetch_model: bool,
     /// The `tokenflow` binary that runs workers (`tokenflow worker`).
     pub worker_exe: PathBuf,
     /// Where worker specs are written.
@@ -61,6 +65,9 @@ pub enum AgentError {
     /// Serving or spawning failed.
     #[error("node agent: {0}")]
     Io(#[from] std::io::Error),
+    /// The model could not be fetched from the coordinator.
+    #[error("node agent: {0}")]
+    Fetch(#[from] FetchError),
     /// The coordinator refused the registration (wrong token, bad field).
     #[error("the coordinator refused node `{name}` ({status}): {message}")]
     Refused {
@@ -92,6 +99,8 @@ struct Agent {
     refused: Mutex<Option<AgentError>>,
     stop: tokio::sync::Notify,
     spawner: Spawner,
+    partial: Option<PartialModel>,
+    http: reqwest::blocking::Client,
 }
 
 /// Starts child processes from one thread that lives as long as the agent:
@@ -201,6 +210,7 @@ impl Agent {
                     phases: lock(&w.phases).clone(),
                 })
                 .collect(),
+            fetched_bytes: self.partial.as_ref().map_or(0, PartialModel::fetched_bytes),
         }
     }
 
@@ -229,6 +239,20 @@ impl Agent {
                 spec.process,
                 spec.hosts.len()
             )));
+        }
+        if let Some(partial) = &self.partial {
+            let fetched = partial
+                .ensure(&self.http, &spec.plan, &self.config.name)
+                .map_err(ControlError::internal)?;
+            if fetched > 0 {
+                eprintln!(
+                    "node {}: fetched {fetched} bytes of the model for epoch {} ({} of {} bytes in all)",
+                    self.config.name,
+                    spec.epoch,
+                    partial.fetched_bytes(),
+                    partial.file_len()
+                );
+            }
         }
         std::fs::create_dir_all(&self.config.work_dir).map_err(ControlError::internal)?;
         let file = self.config.work_dir.join(format!(
@@ -494,6 +518,25 @@ pub fn run_agent(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ ((std::process::id() as u64) << 32);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut config = config;
+    let partial = if config.fetch_model {
+        let p = fetch_partial(&config, &http)?;
+        config.model_fingerprint = p.fingerprint().to_string();
+        eprintln!(
+            "node {}: a partial copy of the coordinator's model ({} bytes) at {}; fetched {} bytes (header and tail)",
+            config.name,
+            p.file_len(),
+            config.model_path.display(),
+            p.fetched_bytes()
+        );
+        Some(p)
+    } else {
+        None
+    };
     let agent = Arc::new(Agent {
         advertise: addr.to_string(),
         config,
@@ -505,11 +548,9 @@ pub fn run_agent(
         refused: Mutex::new(None),
         stop: tokio::sync::Notify::new(),
         spawner: Spawner::new()?,
+        partial,
+        http: http.clone(),
     });
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
     // Registration and re-registration (a coordinator that restarted forgets
     // its nodes: silence for a few seconds means register again).
     {
@@ -553,12 +594,33 @@ pub fn run_agent(
             .await
     });
     agent.kill_all();
+    if agent.partial.is_some() {
+        let _ = std::fs::remove_file(&agent.config.model_path);
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     served?;
     if let Some(e) = lock(&agent.refused).take() {
         return Err(e);
     }
     Ok(())
+}
+
+/// Creates the partial model file, waiting (up to a minute) for a
+/// coordinator that is not up yet.
+fn fetch_partial(
+    config: &AgentConfig,
+    http: &reqwest::blocking::Client,
+) -> Result<PartialModel, AgentError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match PartialModel::create(&config.model_path, &config.join, &config.token, http) {
+            Ok(p) => return Ok(p),
+            Err(FetchError::Http(e)) if Instant::now() < deadline && !e.contains("401") => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Asks to leave and waits until released with no worker running (or the

@@ -110,6 +110,8 @@ pub fn control_router(coordinator: Arc<Coordinator>) -> Router {
         .route("/control/nodes", get(nodes))
         .route("/control/epochs", get(epochs))
         .route("/control/history", get(history))
+        .route("/control/model/manifest", get(manifest))
+        .route("/control/model/bytes", get(model_bytes))
         .with_state(coordinator)
 }
 
@@ -225,4 +227,67 @@ async fn history(
         "records": c.history().records(),
         "estimates": c.history().estimates(unix_now()),
     })))
+}
+
+async fn manifest(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<super::model_fetch::ModelManifest>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let c2 = Arc::clone(&c);
+    let manifest = tokio::task::spawn_blocking(move || c2.manifest().cloned())
+        .await
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(axum::Json(manifest))
+}
+
+/// Parses `Range: bytes=A-B` (one range, both ends given, B inclusive).
+fn parse_range(headers: &HeaderMap, len: u64) -> Result<std::ops::Range<u64>, ControlError> {
+    let bad = |m: String| ControlError::new(StatusCode::RANGE_NOT_SATISFIABLE, m);
+    let text = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| bad("a Range: bytes=A-B header is required".into()))?;
+    let spec = text
+        .strip_prefix("bytes=")
+        .ok_or_else(|| bad(format!("range `{text}`: expected bytes=A-B")))?;
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| bad(format!("range `{text}`: expected bytes=A-B")))?;
+    let (Ok(a), Ok(b)) = (a.trim().parse::<u64>(), b.trim().parse::<u64>()) else {
+        return Err(bad(format!("range `{text}`: expected two byte offsets")));
+    };
+    // At most 256 MiB per call: a tensor, not the whole of a large file at once.
+    if a > b || b >= len || b - a >= 256 << 20 {
+        return Err(bad(format!(
+            "range {a}-{b} is not within the model file's {len} bytes (or is over 256 MiB)"
+        )));
+    }
+    Ok(a..b + 1)
+}
+
+async fn model_bytes(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let path = c.model_path().to_path_buf();
+    let len = std::fs::metadata(&path)
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .len();
+    let range = parse_range(&headers, len)?;
+    let r = range.clone();
+    let bytes = tokio::task::spawn_blocking(move || super::model_fetch::serve_range(&path, r))
+        .await
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ControlError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut response = (StatusCode::PARTIAL_CONTENT, bytes).into_response();
+    let content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
+    if let Ok(v) = HeaderValue::from_str(&content_range) {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    Ok(response)
 }

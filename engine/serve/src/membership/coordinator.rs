@@ -175,6 +175,7 @@ pub struct Coordinator {
     boards: Mutex<BTreeMap<EpochId, Arc<MetricsBoard>>>,
     http: reqwest::blocking::Client,
     stopping: std::sync::atomic::AtomicBool,
+    manifest: std::sync::OnceLock<Result<super::model_fetch::ModelManifest, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,6 +225,7 @@ impl Coordinator {
             boards: Mutex::new(BTreeMap::new()),
             http,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            manifest: std::sync::OnceLock::new(),
         })
     }
 
@@ -242,6 +244,22 @@ impl Coordinator {
     pub fn records(&self) -> Vec<EpochRecord> {
         self.refresh_records();
         lock(&self.records).clone()
+    }
+
+    /// The model file's manifest for nodes that fetch it (hashed on first use).
+    pub fn manifest(&self) -> Result<&super::model_fetch::ModelManifest, String> {
+        self.manifest
+            .get_or_init(|| {
+                super::model_fetch::ModelManifest::of_file(&self.model_path)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The model file.
+    pub fn model_path(&self) -> &std::path::Path {
+        &self.model_path
     }
 
     /// The relay of sessions.

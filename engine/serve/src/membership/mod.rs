@@ -15,6 +15,7 @@ pub mod cluster_file;
 pub mod control;
 pub mod coordinator;
 pub mod history;
+pub mod model_fetch;
 pub mod protocol;
 pub mod relay;
 pub mod service;

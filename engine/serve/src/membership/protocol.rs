@@ -147,6 +147,10 @@ pub struct AgentStatus {
     pub leaving: bool,
     /// Its workers, newest last.
     pub workers: Vec<WorkerState>,
+    /// Bytes of the model file fetched from the coordinator (0 for a node
+    /// that holds the file).
+    #[serde(default)]
+    pub fetched_bytes: u64,
 }
 
 /// `POST /agent/prepare`: reserve an address for the worker of `epoch`.
