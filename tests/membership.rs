@@ -312,6 +312,32 @@ fn streams_survive_a_killed_worker_a_join_and_a_drain() {
     wait_ready(&c);
     let ps = prompts(8);
     let max_tokens = 160;
+    // Each joining node timed its links to the nodes before it.
+    let links = control(&c, "/control/links");
+    let pairs: Vec<(String, String)> = links["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert!(
+                l["rtt_ms"].as_f64().unwrap() > 0.0 && l["gbps"].as_f64().unwrap() > 0.0,
+                "{l}"
+            );
+            (
+                l["a"].as_str().unwrap().into(),
+                l["b"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("a".into(), "b".into()),
+            ("a".into(), "c".into()),
+            ("b".into(), "c".into())
+        ],
+        "{links:#}"
+    );
 
     // A failure-free pass gives the reference answers.
     let reference = streams_with(&c, &ps, max_tokens, 1, || {});

@@ -26,7 +26,8 @@ use serde_json::json;
 use super::control::{ControlError, check_token, parse_body};
 use super::model_fetch::{FetchError, PartialModel};
 use super::protocol::{
-    AgentStatus, Leave, Prepare, Prepared, Registration, Stop, WorkerSpec, WorkerState,
+    AgentStatus, Leave, LinkMeasurement, Measure, Prepare, Prepared, Registration, Stop,
+    WorkerSpec, WorkerState,
 };
 use super::worker::PhaseLine;
 use crate::server::termination;
@@ -413,7 +414,89 @@ fn agent_router(agent: Arc<Agent>) -> Router {
         .route("/agent/start", post(start))
         .route("/agent/stop", post(stop))
         .route("/agent/release", post(release))
+        .route("/agent/ping", get(ping))
+        .route("/agent/blob", get(blob))
+        .route("/agent/measure", post(measure))
         .with_state(agent)
+}
+
+/// Bytes of the transfer that times a link.
+const BLOB_BYTES: usize = 4 << 20;
+
+async fn ping(
+    State(agent): State<Arc<Agent>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<&'static str, ControlError> {
+    authorize(&agent, &headers, &uri)?;
+    Ok("pong")
+}
+
+async fn blob(
+    State(agent): State<Arc<Agent>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Vec<u8>, ControlError> {
+    authorize(&agent, &headers, &uri)?;
+    Ok(vec![0u8; BLOB_BYTES])
+}
+
+/// Times 5 round trips and one 4 MiB transfer to each peer.
+fn measure_links(agent: &Agent, peers: &[(String, String)]) -> Vec<LinkMeasurement> {
+    let mut out = Vec::new();
+    for (name, addr) in peers {
+        let get = |path: &str| {
+            let t = Instant::now();
+            agent
+                .http
+                .get(format!("http://{addr}{path}"))
+                .bearer_auth(&agent.config.token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.bytes())
+                .map(|b| (t.elapsed().as_secs_f64(), b.len()))
+        };
+        let mut rtts: Vec<f64> = (0..5)
+            .filter_map(|_| get("/agent/ping").ok().map(|(t, _)| t))
+            .collect();
+        if rtts.is_empty() {
+            continue;
+        }
+        rtts.sort_by(f64::total_cmp);
+        let rtt = rtts[rtts.len() / 2];
+        let Ok((t, n)) = get("/agent/blob") else {
+            continue;
+        };
+        let transfer = (t - rtt).max(1e-6);
+        out.push(LinkMeasurement {
+            peer: name.clone(),
+            rtt_ms: rtt * 1e3,
+            gbps: n as f64 * 8.0 / transfer / 1e9,
+        });
+    }
+    out
+}
+
+async fn measure(
+    State(agent): State<Arc<Agent>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Vec<LinkMeasurement>>, ControlError> {
+    authorize(&agent, &headers, &uri)?;
+    let Measure { peers } = parse_body(&body)?;
+    if peers.len() > 1024 {
+        return Err(ControlError::bad(format!(
+            "{} peers to measure: at most 1024 at once",
+            peers.len()
+        )));
+    }
+    let a = Arc::clone(&agent);
+    let links = tokio::task::spawn_blocking(move || measure_links(&a, &peers))
+        .await
+        .map_err(ControlError::internal)?;
+    Ok(axum::Json(links))
 }
 
 fn authorize(agent: &Agent, headers: &HeaderMap, uri: &Uri) -> Result<(), ControlError> {

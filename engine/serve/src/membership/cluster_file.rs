@@ -9,16 +9,22 @@ use std::fmt::Write;
 use tokenflow_planner::gpu_catalog::GpuCatalog;
 
 use super::history::NodeEstimate;
-use super::protocol::Registration;
+use super::protocol::{LinkMeasurement, Registration};
 
 /// Links the coordinator assumes until it measures them: a LAN between hosts.
 const INTER_HOST_LATENCY_MS: f64 = 0.5;
 const INTER_HOST_GBPS: f64 = 1.0;
 
-/// The TOML cluster of `nodes` (in order), with availability from `estimates`.
+/// Measured links by node pair (names in either order), as the agents timed them.
+pub type MeasuredLinks = BTreeMap<(String, String), LinkMeasurement>;
+
+/// The TOML cluster of `nodes` (in order), with availability from
+/// `estimates` and, between nodes whose link was measured, its round trip and
+/// bandwidth.
 pub fn cluster_toml(
     nodes: &[Registration],
     estimates: &BTreeMap<String, Option<NodeEstimate>>,
+    links: &MeasuredLinks,
     catalog: &GpuCatalog,
 ) -> String {
     let mut toml = String::from("name = \"coordinator\"\n[link_defaults]\n");
@@ -66,6 +72,23 @@ pub fn cluster_toml(
             );
         }
     }
+    for ((a, b), m) in links {
+        let known = |n: &String| nodes.iter().any(|r| &r.name == n);
+        if a != b
+            && known(a)
+            && known(b)
+            && m.rtt_ms.is_finite()
+            && m.gbps.is_finite()
+            && m.gbps > 0.0
+        {
+            let _ = writeln!(
+                toml,
+                "[[links]]\nscope = \"node\"\na = \"{a}\"\nb = \"{b}\"\nrtt_ms = {}\nbandwidth_gbps = {}",
+                m.rtt_ms.max(0.0),
+                m.gbps
+            );
+        }
+    }
     toml
 }
 
@@ -99,8 +122,20 @@ mod tests {
                 deaths: 1,
             }),
         );
-        let text = cluster_toml(&nodes, &est, &GpuCatalog::builtin());
+        let mut links = MeasuredLinks::new();
+        links.insert(
+            ("a".into(), "c".into()),
+            LinkMeasurement {
+                peer: "c".into(),
+                rtt_ms: 20.0,
+                gbps: 0.5,
+            },
+        );
+        let text = cluster_toml(&nodes, &est, &links, &GpuCatalog::builtin());
         let cluster = Cluster::from_toml_str(&text).unwrap();
+        let l = cluster.link(0, 2);
+        assert!((l.latency_s - 0.010).abs() < 1e-9, "{l:?}");
+        assert!((l.bandwidth_bps - 0.5e9 / 8.0).abs() < 1.0, "{l:?}");
         assert_eq!(cluster.len(), 3);
         let a = cluster.node("a").unwrap();
         assert!((a.gpu.memory_gib - 2.0).abs() < 1e-9);

@@ -110,6 +110,7 @@ pub fn control_router(coordinator: Arc<Coordinator>) -> Router {
         .route("/control/nodes", get(nodes))
         .route("/control/epochs", get(epochs))
         .route("/control/history", get(history))
+        .route("/control/links", get(links))
         .route("/control/model/manifest", get(manifest))
         .route("/control/model/bytes", get(model_bytes))
         .with_state(coordinator)
@@ -290,4 +291,18 @@ async fn model_bytes(
         response.headers_mut().insert(header::CONTENT_RANGE, v);
     }
     Ok(response)
+}
+
+async fn links(
+    State(c): State<Arc<Coordinator>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ControlError> {
+    authorize(&c, &headers, &uri)?;
+    let links: Vec<serde_json::Value> = c
+        .links()
+        .into_iter()
+        .map(|((a, b), m)| json!({"a": a, "b": b, "rtt_ms": m.rtt_ms, "gbps": m.gbps}))
+        .collect();
+    Ok(axum::Json(json!({ "links": links })))
 }

@@ -176,6 +176,7 @@ pub struct Coordinator {
     http: reqwest::blocking::Client,
     stopping: std::sync::atomic::AtomicBool,
     manifest: std::sync::OnceLock<Result<super::model_fetch::ModelManifest, String>>,
+    links: Mutex<super::cluster_file::MeasuredLinks>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +227,7 @@ impl Coordinator {
             http,
             stopping: std::sync::atomic::AtomicBool::new(false),
             manifest: std::sync::OnceLock::new(),
+            links: Mutex::new(Default::default()),
         })
     }
 
@@ -255,6 +257,43 @@ impl Coordinator {
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Links the agents measured, by node pair.
+    pub fn links(&self) -> super::cluster_file::MeasuredLinks {
+        lock(&self.links).clone()
+    }
+
+    /// Asks `name` to time its links to every other member; keeps the results.
+    fn measure_links(&self, name: &str) {
+        let peers: Vec<(String, String)> = lock(&self.members)
+            .values()
+            .filter(|m| m.reg.name != name)
+            .map(|m| (m.reg.name.clone(), m.reg.agent.clone()))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let timeout = Duration::from_secs(10) * peers.len().min(30) as u32;
+        match self.call::<_, Vec<super::protocol::LinkMeasurement>>(
+            name,
+            "/agent/measure",
+            &super::protocol::Measure { peers },
+            timeout,
+        ) {
+            Ok(measured) => {
+                let mut links = lock(&self.links);
+                for m in measured {
+                    let key = if name < m.peer.as_str() {
+                        (name.to_string(), m.peer.clone())
+                    } else {
+                        (m.peer.clone(), name.to_string())
+                    };
+                    links.insert(key, m);
+                }
+            }
+            Err(e) => eprintln!("coordinator: node {name} could not time its links: {e}"),
+        }
     }
 
     /// The model file.
@@ -467,7 +506,8 @@ impl Coordinator {
         keep: Option<&Plan>,
     ) -> Result<(Plan, Cluster, String, String), String> {
         let estimates = self.history.estimates(unix_now());
-        let toml = cluster_toml(members, &estimates, &self.catalog);
+        let links = lock(&self.links).clone();
+        let toml = cluster_toml(members, &estimates, &links, &self.catalog);
         let cluster = Cluster::from_toml_str(&toml).map_err(|e| format!("cluster: {e}"))?;
         if self.config.replan == ReplanRule::StageLoss
             && let Some(keep) = keep
@@ -684,6 +724,7 @@ impl EpochLoop {
             }
             Change::Joined(name) => {
                 eprintln!("coordinator: node {name} joined");
+                c.measure_links(&name);
                 let Some(current) = self.current else {
                     return;
                 };

@@ -192,6 +192,24 @@ pub struct Stop {
     pub epoch: u64,
 }
 
+/// `POST /agent/measure`: time round trips and bandwidth to these peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measure {
+    /// Each peer's name and agent address.
+    pub peers: Vec<(String, String)>,
+}
+
+/// One measured link, from the asking node to `peer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkMeasurement {
+    /// The peer's name.
+    pub peer: String,
+    /// Median round trip of small requests, ms.
+    pub rtt_ms: f64,
+    /// Throughput of a 4 MiB transfer, Gbit/s.
+    pub gbps: f64,
+}
+
 /// A bearer token compared in constant time (a timing leak would let a
 /// stranger guess the join token byte by byte).
 pub fn token_matches(given: Option<&str>, token: &str) -> bool {
