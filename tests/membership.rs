@@ -370,6 +370,22 @@ fn streams_survive_a_killed_worker_a_join_and_a_drain() {
         "{after:#}"
     );
 
+    // SIGSTOP a worker mid-generation: its connections stay open, so the
+    // engine's own detection (heartbeats inside the epoch) routes its
+    // sessions to the other replicas; answers are unchanged.
+    let stopped = worker_pid(&c, "c");
+    let paused = streams_with(&c, &ps, max_tokens, 10, || {
+        // SAFETY: kill(2) of a worker process the test found by its agent.
+        unsafe {
+            libc::kill(stopped, libc::SIGSTOP);
+        }
+    });
+    // SAFETY: as above; the worker goes on.
+    unsafe {
+        libc::kill(stopped, libc::SIGCONT);
+    }
+    assert_eq!(paused, reference, "answers differ while a worker was stopped");
+
     // A fourth node joins: the planner's plan with it is better, so the next epoch uses it.
     let d = agent(&c, "d", &model);
     wait_epochs(&c, "an epoch with node d", |e| {

@@ -632,8 +632,13 @@ impl EpochLoop {
                     }
                 }
             }
+            // Every change waiting is taken before an epoch is formed, so a
+            // burst of joins gives one epoch over all of them.
             if let Ok(change) = c.changes.1.recv_timeout(Duration::from_millis(20)) {
                 self.on_change(change, stopping);
+                while let Ok(change) = c.changes.1.try_recv() {
+                    self.on_change(change, stopping);
+                }
             }
             if stopping {
                 continue;
@@ -874,6 +879,12 @@ impl EpochLoop {
         options.placement.emulate_links = false;
         options.placement.emulate_speed = false;
         options.fault_linger = Duration::ZERO;
+        // A worker that neither sends nor answers probes (stopped, hung) ends
+        // the epoch after this long, and the mesh must form within it: ten
+        // detection delays, at least 5 s (a worker starts in well under 1 s).
+        options.connect_timeout = options
+            .connect_timeout
+            .min((c.config.suspect_after * 10).max(Duration::from_secs(5)));
         options.token_log = None;
         options.resumed = Default::default();
         for (i, n) in nodes.iter().enumerate() {
