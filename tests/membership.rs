@@ -384,7 +384,10 @@ fn streams_survive_a_killed_worker_a_join_and_a_drain() {
     unsafe {
         libc::kill(stopped, libc::SIGCONT);
     }
-    assert_eq!(paused, reference, "answers differ while a worker was stopped");
+    assert_eq!(
+        paused, reference,
+        "answers differ while a worker was stopped"
+    );
 
     // A fourth node joins: the planner's plan with it is better, so the next epoch uses it.
     let d = agent(&c, "d", &model);

@@ -83,6 +83,7 @@ pub enum AgentError {
 
 struct WorkerProc {
     epoch: u64,
+    session: u64,
     child: Child,
     exit: Option<i32>,
     phases: Arc<Mutex<Vec<(String, f64)>>>,
@@ -206,6 +207,7 @@ impl Agent {
                 .iter()
                 .map(|w| WorkerState {
                     epoch: w.epoch,
+                    session: w.session,
                     pid: w.child.id(),
                     exit: w.exit,
                     phases: lock(&w.phases).clone(),
@@ -257,8 +259,8 @@ impl Agent {
         }
         std::fs::create_dir_all(&self.config.work_dir).map_err(ControlError::internal)?;
         let file = self.config.work_dir.join(format!(
-            "{}-{}-epoch-{}.json",
-            self.config.name, self.incarnation, spec.epoch
+            "{}-{}-{}-epoch-{}.json",
+            self.config.name, self.incarnation, spec.session, spec.epoch
         ));
         let text = serde_json::to_vec(&spec).map_err(ControlError::internal)?;
         std::fs::write(&file, text).map_err(ControlError::internal)?;
@@ -291,9 +293,18 @@ impl Agent {
         }
         let mut workers = lock(&self.workers);
         // Keep the last few finished workers for the status; drop older ones.
-        workers.retain(|w| w.exit.is_none() || w.epoch + 8 > spec.epoch);
+        let finished = workers.iter().filter(|w| w.exit.is_some()).count();
+        if finished > 8 {
+            let mut drop_n = finished - 8;
+            workers.retain(|w| {
+                let old = w.exit.is_some() && drop_n > 0;
+                drop_n -= usize::from(old);
+                !old
+            });
+        }
         workers.push(WorkerProc {
             epoch: spec.epoch,
+            session: spec.session,
             child,
             exit: None,
             phases,
@@ -301,9 +312,9 @@ impl Agent {
         Ok(pid)
     }
 
-    fn stop_worker(&self, epoch: u64) {
+    fn stop_worker(&self, session: u64, epoch: u64) {
         for w in lock(&self.workers).iter_mut() {
-            if w.epoch == epoch && w.exit.is_none() {
+            if w.epoch == epoch && w.session == session && w.exit.is_none() {
                 let _ = w.child.kill();
                 if let Ok(status) = w.child.wait() {
                     w.exit = Some(exit_code(status));
@@ -563,9 +574,9 @@ async fn stop(
     body: Bytes,
 ) -> Result<axum::Json<serde_json::Value>, ControlError> {
     authorize(&agent, &headers, &uri)?;
-    let Stop { epoch } = parse_body(&body)?;
+    let Stop { epoch, session } = parse_body(&body)?;
     let a = Arc::clone(&agent);
-    tokio::task::spawn_blocking(move || a.stop_worker(epoch))
+    tokio::task::spawn_blocking(move || a.stop_worker(session, epoch))
         .await
         .map_err(ControlError::internal)?;
     Ok(axum::Json(json!({"epoch": epoch, "stopped": true})))

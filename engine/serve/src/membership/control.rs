@@ -145,7 +145,7 @@ async fn join(
                 JoinError::Invalid(RegistrationError::OtherModel { .. }) => StatusCode::CONFLICT,
                 JoinError::Invalid(_) => StatusCode::BAD_REQUEST,
                 JoinError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
-                JoinError::History(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                JoinError::History(_) | JoinError::Thread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             eprintln!("coordinator: refused node `{name}`: {e}");
             Err(ControlError::new(

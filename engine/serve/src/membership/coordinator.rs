@@ -158,6 +158,16 @@ struct LiveEpoch {
     nodes: Vec<String>,
     abort: AbortHandle,
     retired_at: Option<Instant>,
+    /// Why this coordinator ended it, if it did (its run's own error then
+    /// says only that it was aborted).
+    aborted: Option<String>,
+}
+
+impl LiveEpoch {
+    fn abort(&mut self, why: String) {
+        self.aborted.get_or_insert(why);
+        self.abort.abort();
+    }
 }
 
 /// The registry, the epochs, and the channel of changes.
@@ -177,10 +187,45 @@ pub struct Coordinator {
     stopping: std::sync::atomic::AtomicBool,
     manifest: std::sync::OnceLock<Result<super::model_fetch::ModelManifest, String>>,
     links: Mutex<super::cluster_file::MeasuredLinks>,
+    /// Tells this coordinator's epochs from those of an earlier run (epochs
+    /// count from 0 each run; an agent may still list an old epoch's worker).
+    session: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Epochs whose records and measurements are kept (`/control/epochs`).
+const KEPT_EPOCHS: usize = 256;
+
+/// Why a call to an agent failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The node is not registered (any more).
+    #[error("node {0} is not registered")]
+    Unknown(String),
+    /// Nothing accepts connections at its address: it is gone.
+    #[error("node {node}: {path}: cannot connect: {message}")]
+    Unreachable {
+        /// The node.
+        node: String,
+        /// The endpoint.
+        path: String,
+        /// The client's error.
+        message: String,
+    },
+    /// It did not answer in time, answered with an error status, or with
+    /// something that is not the expected message.
+    #[error("node {node}: {path}: {message}")]
+    Failed {
+        /// The node.
+        node: String,
+        /// The endpoint.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a node's registration was not taken.
@@ -192,6 +237,9 @@ pub enum JoinError {
     /// The history could not record it.
     #[error(transparent)]
     History(#[from] super::history::HistoryError),
+    /// Its heartbeat thread could not start.
+    #[error("starting the node's heartbeat thread: {0}")]
+    Thread(std::io::Error),
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     Stopping,
@@ -228,6 +276,10 @@ impl Coordinator {
             stopping: std::sync::atomic::AtomicBool::new(false),
             manifest: std::sync::OnceLock::new(),
             links: Mutex::new(Default::default()),
+            session: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()),
         })
     }
 
@@ -351,10 +403,7 @@ impl Coordinator {
         std::thread::Builder::new()
             .name(format!("heartbeat-{name}"))
             .spawn(move || me.heartbeats(&name, incarnation))
-            .map_err(|e| super::history::HistoryError::Io {
-                path: "heartbeat thread".into(),
-                source: e,
-            })?;
+            .map_err(JoinError::Thread)?;
         let _ = self.changes.0.send(Change::Joined(joined));
         Ok(())
     }
@@ -385,10 +434,15 @@ impl Coordinator {
         path: &str,
         body: &T,
         timeout: Duration,
-    ) -> Result<R, String> {
+    ) -> Result<R, CallError> {
         let url = self
             .agent_url(name, path)
-            .ok_or_else(|| format!("node {name} is not registered"))?;
+            .ok_or_else(|| CallError::Unknown(name.to_string()))?;
+        let failed = |message: String| CallError::Failed {
+            node: name.to_string(),
+            path: path.to_string(),
+            message,
+        };
         let response = self
             .http
             .post(&url)
@@ -396,15 +450,25 @@ impl Coordinator {
             .timeout(timeout)
             .json(body)
             .send()
-            .map_err(|e| format!("node {name}: {path}: {e}"))?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable {
+                        node: name.to_string(),
+                        path: path.to_string(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    failed(e.to_string())
+                }
+            })?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().unwrap_or_default();
-            return Err(format!("node {name}: {path}: {status}: {text}"));
+            return Err(failed(format!("{status}: {text}")));
         }
         response
             .json()
-            .map_err(|e| format!("node {name}: {path}: bad answer: {e}"))
+            .map_err(|e| failed(format!("bad answer: {e}")))
     }
 
     /// Asks `name` for its status every heartbeat until it is gone or replaced.
@@ -441,7 +505,7 @@ impl Coordinator {
                 Some(status) if status.incarnation == incarnation => {
                     // A worker that exited ends its epoch (a crash at start
                     // breaks no connection the mesh could see).
-                    for w in &status.workers {
+                    for w in status.workers.iter().filter(|w| w.session == self.session) {
                         if let Some(exit) = w.exit
                             && !reported.contains(&w.epoch)
                         {
@@ -552,7 +616,11 @@ impl Coordinator {
                 }
             }
             for (node, status) in &statuses {
-                if let Some(w) = status.workers.iter().find(|w| w.epoch == r.epoch) {
+                if let Some(w) = status
+                    .workers
+                    .iter()
+                    .find(|w| w.epoch == r.epoch && w.session == self.session)
+                {
                     for (name, at) in &w.phases {
                         phases.push((format!("{node}: {name}"), at - r.trigger_unix));
                     }
@@ -627,8 +695,8 @@ impl EpochLoop {
                     break;
                 }
                 if since.elapsed() >= drain {
-                    for e in self.epochs.values() {
-                        e.abort.abort();
+                    for e in self.epochs.values_mut() {
+                        e.abort("the coordinator is stopping and the drain timeout passed".into());
                     }
                 }
             }
@@ -665,17 +733,8 @@ impl EpochLoop {
                 }
             }
         }
-        // Workers of epochs that ended stay nowhere; tell every agent anyway.
-        for (reg, _, _) in c.nodes() {
-            for epoch in 0..self.next_epoch {
-                let _: Result<serde_json::Value, String> = c.call(
-                    &reg.name,
-                    "/agent/stop",
-                    &Stop { epoch },
-                    Duration::from_millis(500),
-                );
-            }
-        }
+        // Every epoch has ended: its workers saw the coordinator's process
+        // leave and exit on their own.
     }
 
     fn on_change(&mut self, change: Change, stopping: bool) {
@@ -687,6 +746,7 @@ impl EpochLoop {
                     return;
                 };
                 let left = c.relay.epoch_ended(epoch);
+                let error = ended.aborted.clone().or(error);
                 let how = match &error {
                     Some(e) => format!("failed: {e}"),
                     None => "finished".to_string(),
@@ -709,22 +769,22 @@ impl EpochLoop {
             }
             Change::Dead { name, why } => {
                 eprintln!("coordinator: node {name} is gone ({why})");
-                for (id, e) in &self.epochs {
+                for (id, e) in self.epochs.iter_mut() {
                     if e.nodes.contains(&name) {
                         eprintln!("coordinator: aborting epoch {id}, which ran on {name}");
-                        e.abort.abort();
+                        e.abort(format!("node {name} is gone ({why})"));
                     }
                 }
             }
             Change::WorkerExited { name, epoch, exit } => {
                 // Exit 0: the worker's epoch ended cleanly.
                 if exit != 0
-                    && let Some(e) = self.epochs.get(&epoch)
+                    && let Some(e) = self.epochs.get_mut(&epoch)
                 {
                     eprintln!(
                         "coordinator: the worker of node {name} for epoch {epoch} exited ({exit}): aborting the epoch"
                     );
-                    e.abort.abort();
+                    e.abort(format!("the worker of node {name} exited ({exit})"));
                 }
             }
             Change::Joined(name) => {
@@ -807,7 +867,7 @@ impl EpochLoop {
             if self.epochs.values().any(|e| e.nodes.contains(&reg.name)) {
                 continue;
             }
-            let released: Result<serde_json::Value, String> = c.call(
+            let released: Result<serde_json::Value, CallError> = c.call(
                 &reg.name,
                 "/agent/release",
                 &serde_json::json!({}),
@@ -867,7 +927,8 @@ impl EpochLoop {
                     &Prepare { epoch },
                     c.config.suspect_after,
                 )
-                .inspect_err(|e| self.suspect(n, e))?;
+                .inspect_err(|e| self.suspect(n, e))
+                .map_err(|e| e.to_string())?;
             hosts.push(p.address);
         }
         let mut options = c.config.options.clone();
@@ -890,6 +951,7 @@ impl EpochLoop {
         for (i, n) in nodes.iter().enumerate() {
             let spec = WorkerSpec {
                 epoch,
+                session: c.session,
                 process: i + 1,
                 hosts: hosts.clone(),
                 plan: plan.clone(),
@@ -902,10 +964,18 @@ impl EpochLoop {
                     self.suspect(n, e);
                     // The workers already started end when the mesh times out.
                     for m in &nodes[..i] {
-                        let _: Result<serde_json::Value, String> =
-                            c.call(m, "/agent/stop", &Stop { epoch }, c.config.suspect_after);
+                        let _: Result<serde_json::Value, CallError> = c.call(
+                            m,
+                            "/agent/stop",
+                            &Stop {
+                                epoch,
+                                session: c.session,
+                            },
+                            c.config.suspect_after,
+                        );
                     }
-                })?;
+                })
+                .map_err(|e| e.to_string())?;
         }
         let started_s = secs_since(trigger);
         let (client, intake) = live_channel();
@@ -959,13 +1029,24 @@ impl EpochLoop {
         }
         c.relay.open_epoch(epoch, client);
         self.app.set_board(Arc::clone(&board));
-        lock(&c.boards).insert(epoch, board);
+        {
+            // Measurements of the last epochs only (a long-lived service forms many).
+            let mut boards = lock(&c.boards);
+            boards.insert(epoch, board);
+            while boards.len() > KEPT_EPOCHS {
+                boards.pop_first();
+            }
+        }
         eprintln!(
             "coordinator: epoch {epoch} ({cause}) on {} with {} sessions to continue; plan {planned_by}, {planned_tok_s:.1} tok/s",
             nodes.join(", "),
             waiting
         );
-        lock(&c.records).push(EpochRecord {
+        let mut records = lock(&c.records);
+        if records.len() >= KEPT_EPOCHS {
+            records.remove(0);
+        }
+        records.push(EpochRecord {
             epoch,
             cause: cause.to_string(),
             nodes: nodes.clone(),
@@ -987,6 +1068,7 @@ impl EpochLoop {
                 nodes,
                 abort,
                 retired_at: None,
+                aborted: None,
             },
         );
         self.current = Some(epoch);
@@ -996,8 +1078,8 @@ impl EpochLoop {
 
     /// A node that failed a control call is checked at its next heartbeat;
     /// one that refuses connections is taken for dead now.
-    fn suspect(&self, name: &str, error: &str) {
-        if error.contains("onnect") {
+    fn suspect(&self, name: &str, error: &CallError) {
+        if matches!(error, CallError::Unreachable { .. }) {
             let c = &self.coordinator;
             let removed = lock(&c.members).remove(name).is_some();
             if removed {

@@ -126,6 +126,9 @@ pub struct Leave {
 pub struct WorkerState {
     /// The membership epoch it serves.
     pub epoch: u64,
+    /// The coordinator run that started it ([`WorkerSpec::session`]).
+    #[serde(default)]
+    pub session: u64,
     /// Its process id.
     pub pid: u32,
     /// `None` while it runs; its exit code, or `-signal` when killed.
@@ -173,6 +176,9 @@ pub struct Prepared {
 pub struct WorkerSpec {
     /// The membership epoch.
     pub epoch: u64,
+    /// The coordinator run it belongs to (epochs count from 0 in each run).
+    #[serde(default)]
+    pub session: u64,
     /// This process's index in `hosts` (0 is the coordinator).
     pub process: usize,
     /// Every process's address, in order.
@@ -190,6 +196,9 @@ pub struct WorkerSpec {
 pub struct Stop {
     /// The epoch.
     pub epoch: u64,
+    /// The coordinator run it belongs to.
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// `POST /agent/measure`: time round trips and bandwidth to these peers.

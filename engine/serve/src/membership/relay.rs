@@ -26,6 +26,9 @@ use crate::state::EventRoutes;
 /// A membership epoch: one timely cluster of the coordinator and its nodes.
 pub type EpochId = u64;
 
+/// Resumptions kept for `/control/epochs` (the newest).
+const KEPT_RESUMPTIONS: usize = 4096;
+
 /// One accepted request across epochs.
 #[derive(Debug)]
 struct Session {
@@ -197,6 +200,18 @@ impl Relay {
         }
     }
 
+    /// Ends `seq` as cancelled (withdrawn, or the coordinator stopping with
+    /// no epoch left to run it), logging and telling its client.
+    fn end_cancelled(&self, seq: SeqId) {
+        let error = tokenflow_engine::dataflow::RequestError::Cancelled { seq };
+        self.append(&LogRecord::End {
+            seq,
+            reason: None,
+            error: Some(error.to_string()),
+        });
+        self.routes.deliver(&EngineEvent::Refused { seq, error });
+    }
+
     fn finish(&self, session: Session, reason: FinishReason, timing: RequestTiming) {
         let seq = session.request.id;
         self.append(&LogRecord::End {
@@ -301,6 +316,10 @@ impl Relay {
             }
         }
         st.moved += left as u64;
+        if st.closed {
+            // Stopping: no epoch will take them.
+            self.end_waiting(&mut st);
+        }
         // Straight into the current epoch, if another is open.
         if let Some(current) = st.current {
             let waiting: Vec<SeqId> = st
@@ -352,6 +371,9 @@ impl Relay {
                 }
                 session.delivered.push(*token);
                 if let Some(since) = session.stalled_since.take() {
+                    if st.resumptions.len() >= KEPT_RESUMPTIONS {
+                        st.resumptions.remove(0);
+                    }
                     st.resumptions.push(Resumption {
                         epoch,
                         seq,
@@ -425,8 +447,9 @@ impl Relay {
             .unwrap_or_else(PoisonError::into_inner);
     }
 
-    /// Accepts nothing more; every epoch's client is dropped once its
-    /// sessions end.
+    /// Accepts nothing more; sessions running in an epoch finish there (each
+    /// epoch's client is dropped once its sessions end), and those waiting
+    /// for an epoch end now, cancelled.
     pub fn close(&self) {
         let mut st = lock(&self.state);
         st.closed = true;
@@ -434,7 +457,23 @@ impl Relay {
         for feed in st.epochs.values_mut() {
             feed.accepting = false;
         }
+        self.end_waiting(&mut st);
         Self::release_empty(&mut st);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn end_waiting(&self, st: &mut RelayState) {
+        let waiting: Vec<SeqId> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.epoch.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for seq in waiting {
+            st.sessions.remove(&seq);
+            self.end_cancelled(seq);
+        }
     }
 }
 
@@ -479,13 +518,7 @@ impl EngineFeed for Relay {
             }
             None => {
                 st.sessions.remove(&seq);
-                let error = tokenflow_engine::dataflow::RequestError::Cancelled { seq };
-                self.append(&LogRecord::End {
-                    seq,
-                    reason: None,
-                    error: Some(error.to_string()),
-                });
-                self.routes.deliver(&EngineEvent::Refused { seq, error });
+                self.end_cancelled(seq);
                 Self::release_empty(&mut st);
             }
         }
@@ -654,6 +687,11 @@ mod tests {
         assert_eq!(sent[0].id, 5);
         relay.close();
         assert!(relay.submit(Request::greedy(8, vec![1], 3)).is_err());
+        // Session 5 runs in epoch 0 and may finish; one that fails there
+        // while stopping is ended, not left waiting.
+        assert_eq!(relay.counts(), (1, 0));
+        relay.epoch_ended(0);
+        assert_eq!(relay.counts(), (0, 0));
     }
 }
 

@@ -117,6 +117,13 @@ pub fn serve_coordinator(
             shutdown_state.begin_drain();
             shutdown_relay.close();
             shutdown_stop.store(true, Ordering::SeqCst);
+            // Past the deadline, what still runs is cancelled (each client
+            // gets an error event; the log records each once).
+            let deadline_state = Arc::clone(&shutdown_state);
+            tokio::spawn(async move {
+                tokio::time::sleep(drain_timeout).await;
+                deadline_state.cancel_all(&[]);
+            });
         };
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
