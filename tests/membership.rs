@@ -105,13 +105,17 @@ impl Drop for Proc {
 }
 
 fn coordinator(model: &Path, history: &Path, extra: &[&str]) -> Proc {
+    coordinator_at("127.0.0.1:0", model, history, extra)
+}
+
+fn coordinator_at(listen: &str, model: &Path, history: &Path, extra: &[&str]) -> Proc {
     let mut args = vec![
         "serve",
         "--coordinator",
         "--join-token",
         TOKEN,
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--model-name",
         "m",
         "--model",
@@ -647,4 +651,60 @@ fn wait_fetched(c: &Proc, node: &str) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_coordinator_killed_mid_stream_resumes_its_token_log() {
+    let model = tiny_path();
+    let history = temp_file("history-restart.jsonl");
+    let log = temp_file("tokens-restart.log");
+    let args = ["--min-nodes", "2", "--token-log", log.to_str().unwrap()];
+    let c = coordinator(&model, &history, &args);
+    let _agents: Vec<Proc> = ["a", "b"].iter().map(|n| agent(&c, n, &model)).collect();
+    wait_ready(&c);
+    let ps = prompts(3);
+    let max_tokens = 200;
+    let reference = streams_with(&c, &ps, max_tokens, 1, || {});
+    // Three more requests, and the coordinator SIGKILLed while they stream.
+    let mut c = c;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let cref = &c;
+        for (i, p) in ps.iter().enumerate() {
+            let tx = if i == 0 {
+                tx.clone()
+            } else {
+                mpsc::channel().0
+            };
+            let p = p.clone();
+            // The clients lose their connection: what they got is not checked here.
+            s.spawn(move || std::panic::catch_unwind(|| stream(cref, p, max_tokens, 10, tx)));
+        }
+        rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        c.signal(libc::SIGKILL);
+    });
+    c.wait_for(Duration::from_secs(10))
+        .expect("the coordinator died");
+    // A new coordinator on the same address and log: the agents join it
+    // again, and the requests left unfinished run to their end, answered to the log.
+    let c2 = coordinator_at(&c.addr, &model, &history, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logged = loop {
+        let run = tokenflow_engine::dataflow::durable_log::LoggedRun::read(&log).unwrap();
+        if run.requests.len() == 6 && run.ended.len() == 6 {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed requests never ended: {} of {} ended",
+            run.ended.len(),
+            run.requests.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for r in &logged.requests {
+        let k = ps.iter().position(|p| p == &r.prompt).unwrap();
+        assert_eq!(logged.tokens[&r.id], reference[k], "request {} in the log", r.id);
+    }
+    drop(c2);
 }
