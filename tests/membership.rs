@@ -704,7 +704,135 @@ fn a_coordinator_killed_mid_stream_resumes_its_token_log() {
     };
     for r in &logged.requests {
         let k = ps.iter().position(|p| p == &r.prompt).unwrap();
-        assert_eq!(logged.tokens[&r.id], reference[k], "request {} in the log", r.id);
+        assert_eq!(
+            logged.tokens[&r.id], reference[k],
+            "request {} in the log",
+            r.id
+        );
     }
     drop(c2);
+}
+
+#[test]
+fn nonsense_options_are_refused_naming_them() {
+    let model = tiny_path();
+    let m = model.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+            .args(args)
+            .env_remove("TOKENFLOW_JOIN_TOKEN")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let base = [
+        "serve",
+        "--coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        m,
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    for (args, says) in [
+        (with(&[]), "--join-token"),
+        (
+            with(&["--join-token", "t", "--api-key", "t"]),
+            "must differ",
+        ),
+        (
+            with(&["--join-token", "t", "--replan", "sometimes"]),
+            "re-plan rule",
+        ),
+        (
+            with(&["--join-token", "t", "--node-suspect", "50ms"]),
+            "--node-suspect",
+        ),
+        (
+            with(&["--join-token", "t", "--node-heartbeat", "0"]),
+            "--node-suspect",
+        ),
+        (
+            with(&["--join-token", "t", "--join-gain", "-1"]),
+            "--join-gain",
+        ),
+        (
+            with(&["--join-token", "t", "--stages", "0..6"]),
+            "--stages does not apply",
+        ),
+        (
+            with(&["--join-token", "t", "--strategy", "nonsense"]),
+            "nonsense",
+        ),
+    ] {
+        let err = run(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    for (args, says) in [
+        (
+            vec![
+                "node",
+                "--join",
+                "127.0.0.1:8000",
+                "--token",
+                "t",
+                "--model",
+                m,
+            ],
+            "coordinator's URL",
+        ),
+        (
+            vec!["node", "--join", "http://127.0.0.1:9", "--model", m],
+            "--token",
+        ),
+        (
+            vec![
+                "node",
+                "--join",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--listen",
+                "0.0.0.0:0",
+                "--model",
+                m,
+            ],
+            "unspecified",
+        ),
+        (
+            vec![
+                "node",
+                "--join",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--model",
+                "/nonexistent.gguf",
+            ],
+            "not found",
+        ),
+        (
+            vec![
+                "node",
+                "--join",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--leave-timeout",
+                "500",
+                "--model",
+                m,
+            ],
+            "--leave-timeout",
+        ),
+    ] {
+        let err = run(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
