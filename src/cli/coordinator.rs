@@ -42,7 +42,12 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value = "500ms", requires = "coordinator")]
     pub node_suspect: String,
     /// A join re-plans only if the planner's throughput rises by this share.
-    #[arg(long, default_value_t = 0.05, requires = "coordinator", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0.05,
+        requires = "coordinator",
+        allow_negative_numbers = true
+    )]
     pub join_gain: f64,
     /// The node history (joins, leaves, deaths; JSON lines), kept across restarts.
     #[arg(

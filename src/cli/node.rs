@@ -7,9 +7,13 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use tokenflow_engine::dataflow::mesh::model_fingerprint;
+use tokenflow_operators::LlamaModel;
+use tokenflow_operators::device::{default_device, device_name};
+use tokenflow_operators::profile::{StageMeasurement, measure_blocks, static_profile};
+use tokenflow_planner::profile::Phase;
 use tokenflow_planner::units::parse_duration;
 use tokenflow_serve::membership::agent::{AgentConfig, run_agent};
-use tokenflow_serve::membership::protocol::WorkerSpec;
+use tokenflow_serve::membership::protocol::{NodeSpeed, WorkerSpec};
 use tokenflow_serve::membership::worker::run_worker;
 
 use super::generate::{DEFAULT_MODEL, resolve_model};
@@ -44,6 +48,11 @@ pub struct NodeArgs {
     /// removed when the agent exits).
     #[arg(long, conflicts_with = "model")]
     pub fetch_model: bool,
+    /// Measure this node's speed with a short profile (about 2 s) and
+    /// register it, so the planner sees the node as it runs, not as its GPU
+    /// kind's figures say.
+    #[arg(long, conflicts_with = "fetch_model")]
+    pub profile: bool,
     /// After SIGTERM, the longest wait for the coordinator to move this
     /// node's stages before it goes anyway.
     #[arg(long, default_value = "60s")]
@@ -90,6 +99,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             model_fingerprint(&path).with_context(|| format!("reading {}", path.display()))?;
         (path, fingerprint)
     };
+    let measured = if args.profile {
+        Some(measure_speed(&model_path)?)
+    } else {
+        None
+    };
     let config = AgentConfig {
         join: args.join.clone(),
         token,
@@ -99,6 +113,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         model_path,
         model_fingerprint: fingerprint,
         fetch_model: args.fetch_model,
+        measured,
         worker_exe: std::env::current_exe()?,
         work_dir,
         leave_timeout,
@@ -109,6 +124,49 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     })?;
     Ok(())
+}
+
+/// This machine's speed in the planner's GPU terms: weight bytes read per
+/// second in a batch-1 decode step, and FLOP/s in a 64-token prefill, over
+/// five blocks of the model.
+fn measure_speed(model_path: &std::path::Path) -> anyhow::Result<NodeSpeed> {
+    let model = LlamaModel::open(model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let layers = 5.min(model.config.n_layers);
+    let measured = measure_blocks(
+        &model,
+        device_name(),
+        &default_device(),
+        &StageMeasurement {
+            layers,
+            prompt: 64,
+            context: 64,
+            batches: vec![1],
+            repeats: 3,
+        },
+    )?;
+    let profile = static_profile(model.name(), &model.config);
+    let layer = &profile.layers[0];
+    let find = |phase: Phase| {
+        measured
+            .iter()
+            .find(|m| m.phase == phase)
+            .map(|m| (m.seconds, m.tokens))
+            .context("the profile measured no such step")
+    };
+    let (decode_s, _) = find(Phase::Decode)?;
+    let (prefill_s, tokens) = find(Phase::Prefill)?;
+    let speed = NodeSpeed {
+        mem_bandwidth_gbs: layers as f64 * layer.param_bytes as f64 / decode_s.max(1e-9) / 1e9,
+        fp16_tflops: tokens as f64 * layers as f64 * layer.flops_per_token
+            / prefill_s.max(1e-9)
+            / 1e12,
+    };
+    eprintln!(
+        "measured: {:.1} GB/s of weights in decode, {:.3} TFLOPS in prefill",
+        speed.mem_bandwidth_gbs, speed.fp16_tflops
+    );
+    Ok(speed)
 }
 
 /// Arguments of `tokenflow worker` (started by a node agent).

@@ -52,6 +52,8 @@ pub struct AgentConfig {
     /// Fetch the model from the coordinator, only the tensors of this node's
     /// stages, instead of reading a local file.
     pub fetch_model: bool,
+    /// Speed measured here, registered for the planner.
+    pub measured: Option<super::protocol::NodeSpeed>,
     /// The `tokenflow` binary that runs workers (`tokenflow worker`).
     pub worker_exe: PathBuf,
     /// Where worker specs are written.
@@ -232,7 +234,10 @@ impl Agent {
             .to_string()
     }
 
-    fn start(&self, spec: WorkerSpec) -> Result<u32, ControlError> {
+    /// Starts the worker of `spec`; `raw` is the spec as the coordinator sent
+    /// it, handed on unchanged (printing it again could change its floats'
+    /// last bits, and every process must hold the same).
+    fn start(&self, spec: WorkerSpec, raw: &[u8]) -> Result<u32, ControlError> {
         if self.leaving.load(Ordering::SeqCst) {
             return Err(leaving_error());
         }
@@ -262,8 +267,7 @@ impl Agent {
             "{}-{}-{}-epoch-{}.json",
             self.config.name, self.incarnation, spec.session, spec.epoch
         ));
-        let text = serde_json::to_vec(&spec).map_err(ControlError::internal)?;
-        std::fs::write(&file, text).map_err(ControlError::internal)?;
+        std::fs::write(&file, raw).map_err(ControlError::internal)?;
         let mut cmd = Command::new(&self.config.worker_exe);
         cmd.arg("worker")
             .arg("--spec")
@@ -342,6 +346,7 @@ impl Agent {
             memory_mb: self.config.memory_mb,
             model: self.config.model_fingerprint.clone(),
             incarnation: self.incarnation,
+            measured: self.config.measured,
         }
     }
 
@@ -557,7 +562,7 @@ async fn start(
     let spec: WorkerSpec = parse_body(&body)?;
     let epoch = spec.epoch;
     let a = Arc::clone(&agent);
-    let pid = tokio::task::spawn_blocking(move || a.start(spec))
+    let pid = tokio::task::spawn_blocking(move || a.start(spec, &body))
         .await
         .map_err(ControlError::internal)??;
     eprintln!(

@@ -39,22 +39,29 @@ pub fn cluster_toml(
         let Some(base) = catalog.get(&n.gpu) else {
             continue;
         };
-        let kind = match n.memory_mb {
-            Some(mb) => {
-                let name = format!("{}-{mb}MB", n.gpu);
-                if !kinds.contains(&name) {
-                    let _ = writeln!(
-                        toml,
-                        "[[gpu]]\nname = \"{name}\"\nmemory_gib = {}\nfp16_tflops = {}\nmem_bandwidth_gbs = {}",
-                        mb as f64 / 1024.0,
-                        base.fp16_tflops,
-                        base.mem_bandwidth_gbs
-                    );
-                    kinds.push(name.clone());
-                }
-                name
+        // A node's own kind when it offers other memory or measured its speed.
+        let own = match (n.memory_mb, n.measured) {
+            (None, None) => None,
+            (_, Some(_)) => Some(format!("{}-measured", n.name)),
+            (Some(mb), None) => Some(format!("{}-{mb}MB", n.gpu)),
+        };
+        let kind = if let Some(name) = own {
+            let memory_gib = n.memory_mb.map_or(base.memory_gib, |mb| mb as f64 / 1024.0);
+            let (tflops, bandwidth) = n
+                .measured
+                .map_or((base.fp16_tflops, base.mem_bandwidth_gbs), |m| {
+                    (m.fp16_tflops, m.mem_bandwidth_gbs)
+                });
+            if !kinds.contains(&name) {
+                let _ = writeln!(
+                    toml,
+                    "[[gpu]]\nname = \"{name}\"\nmemory_gib = {memory_gib}\nfp16_tflops = {tflops}\nmem_bandwidth_gbs = {bandwidth}"
+                );
+                kinds.push(name.clone());
             }
-            None => n.gpu.clone(),
+            name
+        } else {
+            n.gpu.clone()
         };
         let _ = writeln!(
             toml,
@@ -106,11 +113,17 @@ mod tests {
             memory_mb,
             model: "m".into(),
             incarnation: 1,
+            measured: None,
         };
+        let mut c = reg("c", "10.0.0.2", None);
+        c.measured = Some(super::super::protocol::NodeSpeed {
+            mem_bandwidth_gbs: 12.5,
+            fp16_tflops: 0.25,
+        });
         let nodes = vec![
             reg("a", "10.0.0.1", Some(2048)),
             reg("b", "10.0.0.1", Some(2048)),
-            reg("c", "10.0.0.2", None),
+            c,
         ];
         let mut est = BTreeMap::new();
         est.insert(

@@ -646,6 +646,13 @@ impl Coordinator {
     }
 }
 
+/// `value` as another process reads it from its JSON.
+fn json_round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> Result<T, String> {
+    serde_json::to_string(value)
+        .and_then(|text| serde_json::from_str(&text))
+        .map_err(|e| format!("a worker spec does not round-trip through JSON: {e}"))
+}
+
 /// A free port on `host`, for the coordinator's process of a new epoch.
 fn free_port(host: &str) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
@@ -981,11 +988,15 @@ impl EpochLoop {
         let (client, intake) = live_channel();
         let abort = client.abort_handle();
         let board = Arc::new(MetricsBoard::default());
+        // Every process must hold bit-identical figures (they are compared
+        // before any token), and serde_json's float parsing is not always the
+        // exact inverse of its printing: this process runs the plan and the
+        // options as the workers parse them from the text they were sent.
         let spec = RunSpec {
             model_path: c.model_path.clone(),
-            plan: plan.clone(),
+            plan: json_round_trip(&plan)?,
             cluster: cluster.clone(),
-            options,
+            options: json_round_trip(&options)?,
             communication: Communication::Cluster {
                 workers: 1,
                 process: 0,

@@ -24,6 +24,19 @@ pub struct Registration {
     /// Changes each time the agent starts: a name seen with a new incarnation
     /// is a node that restarted (its old self is gone).
     pub incarnation: u64,
+    /// Speed measured on the node by a short profile (`tokenflow node
+    /// --profile`); the planner uses it instead of the GPU kind's figures.
+    #[serde(default)]
+    pub measured: Option<NodeSpeed>,
+}
+
+/// A node's speed as its agent measured it, in the planner's GPU terms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpeed {
+    /// Weight bytes read per second in batch-1 decode, GB/s.
+    pub mem_bandwidth_gbs: f64,
+    /// FLOP/s in prefill, TFLOPS.
+    pub fp16_tflops: f64,
 }
 
 /// Why a registration is refused (400, or 409 for another model).
@@ -46,6 +59,9 @@ pub enum RegistrationError {
     /// Memory zero or negative.
     #[error("memory_mb {0}: must be positive")]
     BadMemory(i64),
+    /// Measured speeds that are not positive finite numbers.
+    #[error("measured speed {0}: bandwidth and TFLOPS must be positive and finite")]
+    BadSpeed(String),
     /// The node holds another model file.
     #[error(
         "model fingerprint {node} differs from the coordinator's {coordinator}: the node holds another model file"
@@ -87,6 +103,14 @@ impl Registration {
             && m <= 0
         {
             return Err(RegistrationError::BadMemory(m));
+        }
+        if let Some(m) = self.measured
+            && !(m.mem_bandwidth_gbs.is_finite()
+                && m.mem_bandwidth_gbs > 0.0
+                && m.fp16_tflops.is_finite()
+                && m.fp16_tflops > 0.0)
+        {
+            return Err(RegistrationError::BadSpeed(format!("{m:?}")));
         }
         if self.model != model {
             return Err(RegistrationError::OtherModel {
@@ -244,6 +268,7 @@ mod tests {
             memory_mb: Some(4096),
             model: "abc".into(),
             incarnation: 1,
+            measured: None,
         }
     }
 
