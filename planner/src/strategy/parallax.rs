@@ -439,7 +439,6 @@ impl Strategy for ParallaxPipelines {
                     .map(move |(i, _)| (ctx.cluster.nodes[*i].id.as_str(), p))
             })
             .collect();
-        let owner = |node: &str, _layer: usize| -> Option<usize> { pipeline_of.get(node).copied() };
         let starts: Vec<(usize, usize)> = plan
             .stages
             .iter()
@@ -449,9 +448,10 @@ impl Strategy for ParallaxPipelines {
             for rep in &mut st.replicas {
                 rep.weight = 1.0 / k as f64;
                 rep.next.clear();
-                if let (Some(p), Some(&(next_start, _))) =
-                    (owner(&rep.node, starts[s].0), starts.get(s + 1))
-                    && let Some((i, _)) = chains[p].iter().find(|(_, r)| r.contains(&next_start))
+                if let (Some(p), Some(&(next_start, _))) = (
+                    pipeline_of.get(rep.node.as_str()).copied(),
+                    starts.get(s + 1),
+                ) && let Some((i, _)) = chains[p].iter().find(|(_, r)| r.contains(&next_start))
                 {
                     rep.next.push(NextHop {
                         node: ctx.cluster.nodes[*i].id.clone(),
