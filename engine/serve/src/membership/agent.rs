@@ -316,13 +316,12 @@ impl Agent {
         Ok(pid)
     }
 
+    /// Sends SIGKILL to the worker of `epoch`; the next status reaps it (no
+    /// wait under the lock the heartbeats take).
     fn stop_worker(&self, session: u64, epoch: u64) {
         for w in lock(&self.workers).iter_mut() {
             if w.epoch == epoch && w.session == session && w.exit.is_none() {
                 let _ = w.child.kill();
-                if let Ok(status) = w.child.wait() {
-                    w.exit = Some(exit_code(status));
-                }
             }
         }
     }
@@ -352,7 +351,7 @@ impl Agent {
 
     /// Registers, retrying while the coordinator cannot be reached; a
     /// refusal is final.
-    fn register(&self, http: &reqwest::blocking::Client) -> Result<(), AgentError> {
+    fn register(&self, http: &reqwest::blocking::Client) -> Result<Duration, AgentError> {
         let url = format!("{}/control/join", self.config.join.trim_end_matches('/'));
         let mut told = false;
         loop {
@@ -364,11 +363,16 @@ impl Agent {
             match sent {
                 Ok(r) if r.status().is_success() => {
                     *lock(&self.last_contact) = Instant::now();
+                    let heartbeat_ms = r
+                        .json::<super::protocol::Welcome>()
+                        .map_or(100, |w| w.heartbeat_ms);
                     eprintln!(
                         "node {}: joined {} as incarnation {}",
                         self.config.name, self.config.join, self.incarnation
                     );
-                    return Ok(());
+                    // Silent this long: the coordinator restarted and forgot us.
+                    return Ok(Duration::from_millis(heartbeat_ms.saturating_mul(30))
+                        .max(Duration::from_secs(3)));
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status().as_u16();
@@ -399,7 +403,7 @@ impl Agent {
                 }
             }
             if self.leaving.load(Ordering::SeqCst) {
-                return Ok(());
+                return Ok(Duration::MAX);
             }
         }
     }
@@ -656,17 +660,20 @@ pub fn run_agent(
         let (agent, http) = (Arc::clone(&agent), http.clone());
         std::thread::spawn(move || {
             loop {
-                if let Err(e) = agent.register(&http) {
-                    *lock(&agent.refused) = Some(e);
-                    agent.stop.notify_one();
-                    return;
-                }
+                let silence = match agent.register(&http) {
+                    Ok(silence) => silence,
+                    Err(e) => {
+                        *lock(&agent.refused) = Some(e);
+                        agent.stop.notify_one();
+                        return;
+                    }
+                };
                 loop {
                     std::thread::sleep(Duration::from_millis(250));
                     if agent.leaving.load(Ordering::SeqCst) {
                         return;
                     }
-                    if lock(&agent.last_contact).elapsed() > Duration::from_secs(3) {
+                    if lock(&agent.last_contact).elapsed() > silence {
                         break;
                     }
                 }

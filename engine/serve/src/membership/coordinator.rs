@@ -130,6 +130,8 @@ struct Member {
     status: Option<AgentStatus>,
     last_seen: Instant,
     leaving: bool,
+    /// Left out of epochs until then (it failed to start a worker).
+    benched_until: Option<Instant>,
 }
 
 /// What wakes the loop.
@@ -198,6 +200,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Epochs whose records and measurements are kept (`/control/epochs`).
 const KEPT_EPOCHS: usize = 256;
+
+/// How long a node that failed to start a worker is left out of epochs.
+const BENCH_FOR: Duration = Duration::from_secs(30);
+
+/// How long an agent may take to start a worker (it first fetches the
+/// stage's tensors if it holds no model file).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often a leave whose epoch could not be formed is tried again.
+const LEAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a call to an agent failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,6 +328,16 @@ impl Coordinator {
         lock(&self.links).clone()
     }
 
+    /// Asks `name`, on a thread of its own, to time its links to every other
+    /// member; keeps the results for the next plans (the epoch loop does not
+    /// wait for them).
+    fn measure_links_later(self: &Arc<Self>, name: &str) {
+        let (me, name) = (Arc::clone(self), name.to_string());
+        let _ = std::thread::Builder::new()
+            .name(format!("links-{name}"))
+            .spawn(move || me.measure_links(&name));
+    }
+
     /// Asks `name` to time its links to every other member; keeps the results.
     fn measure_links(&self, name: &str) {
         let peers: Vec<(String, String)> = lock(&self.members)
@@ -396,6 +418,7 @@ impl Coordinator {
                 status: None,
                 last_seen: Instant::now(),
                 leaving: false,
+                benched_until: None,
             },
         );
         drop(members);
@@ -552,13 +575,36 @@ impl Coordinator {
         }
     }
 
-    /// Live members that may serve (registered, not leaving), in name order.
+    /// Live members that may serve (registered, not leaving, not benched
+    /// after failing to start a worker), in name order.
     fn serving_members(&self) -> Vec<Registration> {
         lock(&self.members)
             .values()
-            .filter(|m| !m.leaving)
+            .filter(|m| !m.leaving && m.benched_until.is_none_or(|t| Instant::now() >= t))
             .map(|m| m.reg.clone())
             .collect()
+    }
+
+    /// Keeps `name` out of the next epochs for [`BENCH_FOR`]: it failed to
+    /// prepare or start a worker (a node that always fails would otherwise
+    /// stop every epoch from forming).
+    fn bench(&self, name: &str, why: &str) {
+        if let Some(m) = lock(&self.members).get_mut(name) {
+            m.benched_until = Some(Instant::now() + BENCH_FOR);
+            eprintln!(
+                "coordinator: node {name} left out of epochs for {} s: {why}",
+                BENCH_FOR.as_secs()
+            );
+        }
+    }
+
+    /// The cluster of `members` as the planner reads it, and its TOML.
+    fn cluster_for(&self, members: &[Registration]) -> Result<(Cluster, String), String> {
+        let estimates = self.history.estimates(unix_now());
+        let links = lock(&self.links).clone();
+        let toml = cluster_toml(members, &estimates, &links, &self.catalog);
+        let cluster = Cluster::from_toml_str(&toml).map_err(|e| format!("cluster: {e}"))?;
+        Ok((cluster, toml))
     }
 
     /// The plan and cluster for `members`: the last plan without lost nodes
@@ -569,10 +615,7 @@ impl Coordinator {
         members: &[Registration],
         keep: Option<&Plan>,
     ) -> Result<(Plan, Cluster, String, String), String> {
-        let estimates = self.history.estimates(unix_now());
-        let links = lock(&self.links).clone();
-        let toml = cluster_toml(members, &estimates, &links, &self.catalog);
-        let cluster = Cluster::from_toml_str(&toml).map_err(|e| format!("cluster: {e}"))?;
+        let (cluster, toml) = self.cluster_for(members)?;
         if self.config.replan == ReplanRule::StageLoss
             && let Some(keep) = keep
         {
@@ -672,6 +715,8 @@ pub struct EpochLoop {
     last_plan: Option<Plan>,
     next_epoch: EpochId,
     pending_cause: Option<(String, Instant)>,
+    /// When a leave last tried to form an epoch without its node.
+    leave_tried: Option<Instant>,
 }
 
 impl EpochLoop {
@@ -685,11 +730,13 @@ impl EpochLoop {
             last_plan: None,
             next_epoch: 0,
             pending_cause: None,
+            leave_tried: None,
         }
     }
 
     /// Runs until `stop` is set, then lets sessions end (the relay is closed
-    /// by the caller), aborts what is left after `drain`, and stops workers.
+    /// by the caller) and aborts the epochs left after `drain` (their
+    /// workers see the coordinator's process go and exit).
     pub fn run(mut self, stop: &std::sync::atomic::AtomicBool, drain: Duration) {
         let c = Arc::clone(&self.coordinator);
         let mut stop_since: Option<Instant> = None;
@@ -719,6 +766,7 @@ impl EpochLoop {
                 continue;
             }
             self.drain_retired();
+            self.retry_leaves();
             self.release_leavers();
             if self.current.is_none() {
                 let members = c.serving_members();
@@ -796,7 +844,9 @@ impl EpochLoop {
             }
             Change::Joined(name) => {
                 eprintln!("coordinator: node {name} joined");
-                c.measure_links(&name);
+                if !stopping {
+                    c.measure_links_later(&name);
+                }
                 let Some(current) = self.current else {
                     return;
                 };
@@ -807,7 +857,7 @@ impl EpochLoop {
                 let Some(live) = self.epochs.get(&current) else {
                     return;
                 };
-                let Ok((candidate, cluster, _, _)) = c.plan_for(&members, None) else {
+                let Ok((candidate, cluster, _, by)) = c.plan_for(&members, None) else {
                     return;
                 };
                 let now_tok_s = c.throughput(&live.plan, &cluster);
@@ -818,7 +868,7 @@ impl EpochLoop {
                     eprintln!(
                         "coordinator: with {name} the plan gives {new_tok_s:.1} tok/s against {now_tok_s:.1}: new epoch"
                     );
-                    if let Err(e) = self.form(&format!("join {name}"), now, Some(candidate)) {
+                    if let Err(e) = self.form(&format!("join {name}"), now, Some((candidate, by))) {
                         eprintln!("coordinator: {e}");
                     }
                 } else {
@@ -834,16 +884,42 @@ impl EpochLoop {
                     .and_then(|e| self.epochs.get(&e))
                     .is_some_and(|e| e.nodes.contains(&name));
                 if uses && !stopping {
-                    let keep = self
-                        .current
-                        .and_then(|e| self.epochs.get(&e))
-                        .map(|e| e.plan.clone());
-                    let members = c.serving_members();
-                    let planned = c.plan_for(&members, keep.as_ref()).map(|(p, ..)| p).ok();
-                    if let Err(e) = self.form(&format!("leave {name}"), now, planned) {
-                        eprintln!("coordinator: {e}");
+                    self.leave_tried = Some(now);
+                    // The current plan without the node, or a new one if a
+                    // stage would be left without a replica.
+                    if let Err(e) = self.form(&format!("leave {name}"), now, None) {
+                        eprintln!(
+                            "coordinator: {e} (tried again in {} s)",
+                            LEAVE_RETRY.as_secs()
+                        );
                     }
                 }
+            }
+        }
+    }
+
+    /// A leaving node still in the current epoch (its new epoch could not be
+    /// formed): try again every [`LEAVE_RETRY`].
+    fn retry_leaves(&mut self) {
+        let Some(current) = self.current.and_then(|e| self.epochs.get(&e)) else {
+            return;
+        };
+        if self.leave_tried.is_some_and(|t| t.elapsed() < LEAVE_RETRY) {
+            return;
+        }
+        let c = Arc::clone(&self.coordinator);
+        let leaving: Option<String> = lock(&c.members)
+            .values()
+            .find(|m| m.leaving && current.nodes.contains(&m.reg.name))
+            .map(|m| m.reg.name.clone());
+        if let Some(name) = leaving {
+            let now = Instant::now();
+            self.leave_tried = Some(now);
+            if let Err(e) = self.form(&format!("leave {name}"), now, None) {
+                eprintln!(
+                    "coordinator: {e} (tried again in {} s)",
+                    LEAVE_RETRY.as_secs()
+                );
             }
         }
     }
@@ -857,7 +933,9 @@ impl EpochLoop {
                 && c.relay.sessions_in(id) > 0
             {
                 let moved = c.relay.move_sessions(id);
-                eprintln!("coordinator: epoch {id} drained too slowly: {moved} sessions moved");
+                if moved > 0 {
+                    eprintln!("coordinator: epoch {id} drained too slowly: {moved} sessions moved");
+                }
             }
         }
     }
@@ -897,7 +975,12 @@ impl EpochLoop {
 
     /// Forms the next epoch over the serving members (with `planned`, or
     /// planned here), retires the current one and opens the new one.
-    fn form(&mut self, cause: &str, trigger: Instant, planned: Option<Plan>) -> Result<(), String> {
+    fn form(
+        &mut self,
+        cause: &str,
+        trigger: Instant,
+        planned: Option<(Plan, String)>,
+    ) -> Result<(), String> {
         let c = Arc::clone(&self.coordinator);
         let epoch = self.next_epoch;
         self.next_epoch += 1;
@@ -911,9 +994,9 @@ impl EpochLoop {
             .and_then(|e| self.epochs.get(&e).map(|l| l.plan.clone()))
             .or_else(|| self.last_plan.clone());
         let (plan, cluster, toml, planned_by) = match planned {
-            Some(p) => {
-                let (_, cluster, toml, _) = c.plan_for(&members, None)?;
-                (p, cluster, toml, c.config.strategy.clone())
+            Some((p, by)) => {
+                let (cluster, toml) = c.cluster_for(&members)?;
+                (p, cluster, toml, by)
             }
             None => c.plan_for(&members, keep.as_ref())?,
         };
@@ -966,7 +1049,7 @@ impl EpochLoop {
                 options: options.clone(),
             };
             let _: serde_json::Value = c
-                .call(n, "/agent/start", &spec, c.config.suspect_after)
+                .call(n, "/agent/start", &spec, START_TIMEOUT)
                 .inspect_err(|e| {
                     self.suspect(n, e);
                     // The workers already started end when the mesh times out.
@@ -1090,13 +1173,19 @@ impl EpochLoop {
     /// A node that failed a control call is checked at its next heartbeat;
     /// one that refuses connections is taken for dead now.
     fn suspect(&self, name: &str, error: &CallError) {
+        let c = &self.coordinator;
         if matches!(error, CallError::Unreachable { .. }) {
-            let c = &self.coordinator;
             let removed = lock(&c.members).remove(name).is_some();
             if removed {
                 let _ = c.history.record(name, NodeEvent::Death);
-                eprintln!("coordinator: node {name} is gone ({error})");
+                // Its epochs (if any) end too.
+                let _ = c.changes.0.send(Change::Dead {
+                    name: name.to_string(),
+                    why: error.to_string(),
+                });
             }
+        } else {
+            c.bench(name, &error.to_string());
         }
     }
 }

@@ -20,6 +20,9 @@ use tokenflow_planner::Plan;
 /// Bytes at each end of the file the fingerprint reads.
 const FINGERPRINT_SPAN: u64 = 1 << 20;
 
+/// Largest range asked for in one request (the coordinator serves up to 256 MiB).
+const CHUNK_BYTES: u64 = 64 << 20;
+
 /// One tensor of the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorEntry {
@@ -193,6 +196,9 @@ pub struct PartialModel {
     token: String,
     manifest: ModelManifest,
     state: Mutex<(BTreeSet<String>, u64)>,
+    /// Held while tensors are fetched, so two epochs' starts do not fetch
+    /// the same tensor twice.
+    fetching: Mutex<()>,
 }
 
 impl PartialModel {
@@ -228,6 +234,7 @@ impl PartialModel {
             token: token.to_string(),
             manifest,
             state: Mutex::new((BTreeSet::new(), 0)),
+            fetching: Mutex::new(()),
         };
         let (head, tail) = (me.manifest.head_len, me.manifest.tail_start);
         me.fetch(http, "the header", 0..head, &me.manifest.head_hash.clone())?;
@@ -273,14 +280,29 @@ impl PartialModel {
         if range.is_empty() {
             return Ok(());
         }
-        let bytes = http
-            .get(format!("{}/control/model/bytes", self.base))
-            .bearer_auth(&self.token)
-            .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .and_then(|r| r.error_for_status())
-            .and_then(|r| r.bytes())
-            .map_err(|e| FetchError::Http(format!("{what}: {e}")))?;
+        // In pieces the coordinator serves (at most 64 MiB each), checked whole.
+        let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + CHUNK_BYTES).min(range.end);
+            let piece = http
+                .get(format!("{}/control/model/bytes", self.base))
+                .bearer_auth(&self.token)
+                .header("Range", format!("bytes={at}-{}", end - 1))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.bytes())
+                .map_err(|e| FetchError::Http(format!("{what}: {e}")))?;
+            if piece.len() as u64 != end - at {
+                return Err(FetchError::Http(format!(
+                    "{what}: asked for {} bytes, got {}",
+                    end - at,
+                    piece.len()
+                )));
+            }
+            bytes.extend_from_slice(&piece);
+            at = end;
+        }
         let got = content_hash(&bytes);
         if bytes.len() as u64 != range.end - range.start || got != hash {
             return Err(FetchError::Corrupt {
@@ -312,6 +334,7 @@ impl PartialModel {
         plan: &Plan,
         node: &str,
     ) -> Result<u64, FetchError> {
+        let _one_at_a_time = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
         let wanted = tensors_for(plan, node, &self.manifest);
         let before = self.fetched_bytes();
         for t in &self.manifest.tensors {

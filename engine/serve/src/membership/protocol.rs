@@ -60,7 +60,7 @@ pub enum RegistrationError {
     #[error("memory_mb {0}: must be positive")]
     BadMemory(i64),
     /// Measured speeds that are not positive finite numbers.
-    #[error("measured speed {0}: bandwidth and TFLOPS must be positive and finite")]
+    #[error("measured speed {0}: bandwidth and TFLOPS must be positive, finite and below 1e6")]
     BadSpeed(String),
     /// The node holds another model file.
     #[error(
@@ -86,11 +86,17 @@ impl Registration {
         if !name_ok {
             return Err(RegistrationError::BadName(self.name.clone()));
         }
+        // A host name, an IPv4 address or a bracketed IPv6 one: the address
+        // goes into the planner's cluster file and other nodes' host lists.
+        let host_ok = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+                })
+        };
         match self.agent.rsplit_once(':') {
-            Some((host, port))
-                if !host.is_empty()
-                    && !host.contains(char::is_whitespace)
-                    && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            Some((host, port)) if host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => return Err(RegistrationError::BadAddress(self.agent.clone())),
         }
         if catalog.get(&self.gpu).is_none() {
@@ -104,11 +110,10 @@ impl Registration {
         {
             return Err(RegistrationError::BadMemory(m));
         }
+        // Positive, finite, and below any machine's (1e6 GB/s, 1e6 TFLOPS).
+        let plausible = |v: f64| v.is_finite() && v > 0.0 && v < 1e6;
         if let Some(m) = self.measured
-            && !(m.mem_bandwidth_gbs.is_finite()
-                && m.mem_bandwidth_gbs > 0.0
-                && m.fp16_tflops.is_finite()
-                && m.fp16_tflops > 0.0)
+            && !(plausible(m.mem_bandwidth_gbs) && plausible(m.fp16_tflops))
         {
             return Err(RegistrationError::BadSpeed(format!("{m:?}")));
         }

@@ -42,6 +42,8 @@ struct Session {
     base: usize,
     /// When its epoch failed under it (until its next token).
     stalled_since: Option<Instant>,
+    /// Its client withdrew it: it ends instead of moving to another epoch.
+    cancelled: bool,
 }
 
 impl Session {
@@ -55,7 +57,9 @@ impl Session {
     }
 
     /// Whether the tokens delivered already end it (its epoch failed between
-    /// its last token and the end event).
+    /// its last token and the end event). Stop tokens and the budget are
+    /// checked; stop strings are not (the continuation runs on, and the HTTP
+    /// side still cuts the text at the stop string).
     fn already_ended(&self) -> Option<FinishReason> {
         if self
             .delivered
@@ -112,6 +116,7 @@ pub struct Relay {
     changed: Condvar,
     routes: Arc<EventRoutes>,
     log: Option<Mutex<DurableLogWriter>>,
+    log_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -137,14 +142,21 @@ impl Relay {
             changed: Condvar::new(),
             routes,
             log: log.map(Mutex::new),
+            log_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
+    /// Appends `record` to the token log. After a failed write the log may
+    /// end in a torn line and holds no more: new requests are refused (the
+    /// server is not ready) rather than accepted without a record.
     fn append(&self, record: &LogRecord) {
         if let Some(log) = &self.log
+            && !self.log_failed.load(std::sync::atomic::Ordering::SeqCst)
             && let Err(e) = lock(log).append(record)
         {
-            eprintln!("coordinator: token log: {e}");
+            eprintln!("coordinator: token log: {e}; refusing new requests");
+            self.log_failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -170,6 +182,7 @@ impl Relay {
                 epoch: None,
                 base: 0,
                 stalled_since: None,
+                cancelled: false,
             },
         );
         drop(st);
@@ -181,6 +194,11 @@ impl Relay {
         let Some(session) = st.sessions.get_mut(&seq) else {
             return;
         };
+        if session.cancelled {
+            st.sessions.remove(&seq);
+            self.end_cancelled(seq);
+            return;
+        }
         if let Some(reason) = session.already_ended() {
             let session = st.sessions.remove(&seq).expect("just seen");
             self.finish(session, reason, RequestTiming::default());
@@ -315,10 +333,21 @@ impl Relay {
                 left += 1;
             }
         }
-        st.moved += left as u64;
         if st.closed {
             // Stopping: no epoch will take them.
             self.end_waiting(&mut st);
+        } else {
+            st.moved += left as u64;
+            let withdrawn: Vec<SeqId> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.epoch.is_none() && s.cancelled)
+                .map(|(&id, _)| id)
+                .collect();
+            for seq in withdrawn {
+                st.sessions.remove(&seq);
+                self.end_cancelled(seq);
+            }
         }
         // Straight into the current epoch, if another is open.
         if let Some(current) = st.current {
@@ -480,7 +509,7 @@ impl Relay {
 impl EngineFeed for Relay {
     fn submit(&self, request: Request) -> Result<(), EngineClosed> {
         let mut st = lock(&self.state);
-        if st.closed {
+        if st.closed || self.log_failed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(EngineClosed);
         }
         self.append(&LogRecord::Submit(request.clone()));
@@ -493,6 +522,7 @@ impl EngineFeed for Relay {
                 epoch: None,
                 base: 0,
                 stalled_since: None,
+                cancelled: false,
             },
         );
         if let Some(epoch) = st.current {
@@ -512,9 +542,13 @@ impl EngineFeed for Relay {
             .epoch
             .and_then(|e| st.epochs.get(&e)?.client.clone())
         {
-            // The engine ends it and says so.
+            // The engine ends it and says so (and if its epoch ends first,
+            // it is not carried into the next).
             Some(client) => {
                 let _ = client.cancel(seq);
+                if let Some(s) = st.sessions.get_mut(&seq) {
+                    s.cancelled = true;
+                }
             }
             None => {
                 st.sessions.remove(&seq);
@@ -527,6 +561,7 @@ impl EngineFeed for Relay {
 
     fn serving(&self) -> bool {
         lock(&self.state).current.is_some()
+            && !self.log_failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -654,6 +689,22 @@ mod tests {
         let moved = submitted(&i1);
         assert_eq!(moved[0].prompt, vec![9, 40]);
         assert_eq!(moved[0].max_tokens, 5);
+    }
+
+    #[test]
+    fn a_withdrawn_session_is_not_carried_into_the_next_epoch() {
+        let (relay, _routes) = relay();
+        let (c0, i0) = live_channel();
+        relay.open_epoch(0, c0);
+        relay.submit(Request::greedy(9, vec![1], 8)).unwrap();
+        relay.cancel(9).unwrap();
+        // The epoch fails before the engine's refusal comes back.
+        relay.epoch_ended(0);
+        drop(i0);
+        let (c1, i1) = live_channel();
+        relay.open_epoch(1, c1);
+        assert!(submitted(&i1).is_empty());
+        assert_eq!(relay.counts(), (0, 0));
     }
 
     #[test]

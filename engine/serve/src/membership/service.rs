@@ -92,6 +92,18 @@ pub fn serve_coordinator(
         )
         .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?,
     );
+    // The manifest of the model for nodes that fetch it: hashed now, in the
+    // background, not while the first such node waits.
+    {
+        let c = Arc::clone(&coordinator);
+        let _ = std::thread::Builder::new()
+            .name("manifest".into())
+            .spawn(move || {
+                if let Err(e) = c.manifest() {
+                    eprintln!("coordinator: model manifest: {e}");
+                }
+            });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let epochs = {
         let (c, app, stop) = (
