@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokenflow_engine::dataflow::durable_log::LoggedRun;
 use tokenflow_operators::LlamaModel;
 use tokenflow_operators::llama::even_splits;
+use tokenflow_serve::membership::agent::die_with_parent;
 
 use super::generate::{DEFAULT_MODEL, resolve_model};
 
@@ -101,40 +102,6 @@ fn logged_tokens(log: &std::path::Path) -> usize {
     })
 }
 
-/// Makes the child get SIGKILL when the supervisor dies, however it dies
-/// (SIGKILL included): orphans would go on writing the token log that a new
-/// supervisor resumes.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between
-    // fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The supervisor died before prctl took effect: no one would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Elsewhere, children get their own process group, which a service manager
-/// can kill as one; there is no parent-death signal to ask for.
-#[cfg(all(unix, not(target_os = "linux")))]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-}
-
-#[cfg(not(unix))]
-fn die_with_parent(_cmd: &mut Command) {}
-
 fn up_cluster(args: UpArgs) -> anyhow::Result<()> {
     if args.processes == 0 {
         bail!("--processes must be positive");
@@ -220,6 +187,8 @@ fn up_cluster(args: UpArgs) -> anyhow::Result<()> {
             if attempt > 0 || args.resume {
                 cmd.arg("--resume");
             }
+            // Orphans would go on writing the token log a new supervisor
+            // resumes; the main thread forks, which lives as long as we do.
             die_with_parent(&mut cmd);
             if rank == 0 {
                 cmd.args(["--tokens-json", &answers.to_string_lossy()]);

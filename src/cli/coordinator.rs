@@ -121,14 +121,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let setup = e.resolve()?;
     let strategy = e.strategy.clone().unwrap_or_else(|| "availability".into());
     tokenflow_planner::strategy::by_name(&strategy)?;
-    let model_name = args.model_name.clone().unwrap_or_else(|| {
-        let name = setup
-            .model_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
-    });
+    let model_name = super::serve::served_model_name(&args, &setup.model_path);
     let fingerprint = model_fingerprint(&setup.model_path)
         .with_context(|| format!("reading {}", setup.model_path.display()))?;
     let mut first_id = 0;

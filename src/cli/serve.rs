@@ -48,6 +48,18 @@ pub struct ServeArgs {
     pub coordinator: super::coordinator::CoordinatorArgs,
 }
 
+/// The name clients give as `model`: `--model-name`, or the model file's
+/// name without `.gguf`.
+pub fn served_model_name(args: &ServeArgs, model_path: &std::path::Path) -> String {
+    args.model_name.clone().unwrap_or_else(|| {
+        let name = model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
+    })
+}
+
 /// The HTTP side's settings from the arguments.
 pub fn serve_config(
     args: &ServeArgs,
@@ -78,14 +90,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let mut setup = args.engine.resolve()?;
-    let model_name = args.model_name.clone().unwrap_or_else(|| {
-        let name = setup
-            .model_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
-    });
+    let model_name = served_model_name(&args, &setup.model_path);
     let mut resumed = Vec::new();
     let mut first_id = 0;
     if let Some(path) = &args.token_log {
