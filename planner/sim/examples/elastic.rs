@@ -9,7 +9,7 @@
 //! Environment: `SCENARIO` (default `helix-24`), `MODEL` (`LLaMA-30B`), `LOAD`
 //! (default `diurnal:rate=3,amplitude=0.7,period=600s`), `SLO`
 //! (`ttft=5s,itl=400ms`), `DURATION` (arrival window, s, default 1200: two
-//! cycles), `INTERVAL` (scaling interval, default `60s`), `SEED` (1). Churn is
+//! cycles), `INTERVAL` (scaling interval, default `20s`), `SEED` (1). Churn is
 //! the study's low rate (mean MTBF compressed to 60 minutes). The elastic rows
 //! start from their strategy's plan for the mean rate and resize it by whole
 //! replicas every interval from the rate measured over the last one.
@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixed = scenario(ReplanPolicy::StageLoss)?;
     let elastic = scenario(ReplanPolicy::parse(&format!(
         "elastic:{}",
-        env("INTERVAL", "60s")
+        env("INTERVAL", "20s")
     ))?)?;
     let sim_fixed = Simulator::new(&cluster, &model, &fixed)?;
     let sim_elastic = Simulator::new(&cluster, &model, &elastic)?;

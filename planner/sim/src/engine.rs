@@ -276,6 +276,9 @@ enum Ev {
     },
     /// A scaling decision of the load-aware policy.
     Scale,
+    /// A node released by the load-aware policy has drained: the smaller
+    /// plan goes in if every released node has.
+    Drained,
     /// A sequence whose node died is noticed (after the detection delay)
     /// and may restart, if nothing restarted it since (`incarnation`).
     Restart {
@@ -486,6 +489,8 @@ pub(crate) struct Sim<'a> {
     last_scale_rate: f64,
     /// A smaller plan waiting for its released nodes to drain.
     pending_shrink: Option<Plan>,
+    /// The plan the run started from, which elastic scaling grows back to.
+    elastic_base: Option<Plan>,
     resolved: u64,
     last_resolved: u64,
     /// Something changed that may let the head of the queue in.
@@ -603,6 +608,7 @@ impl<'a> Sim<'a> {
             arrived_at_scale: 0,
             last_scale_rate: 0.0,
             pending_shrink: None,
+            elastic_base: None,
             resolved: 0,
             last_resolved: 0,
             admit_dirty: true,
@@ -614,6 +620,9 @@ impl<'a> Sim<'a> {
             None => max_flow(&plan, sim.inp.cluster, &sim.cm).throughput,
         };
         sim.first_bound = bound;
+        if matches!(sim.inp.config.replan, ReplanPolicy::Elastic { .. }) {
+            sim.elastic_base = Some(plan.clone());
+        }
         sim.install(plan, true);
         Ok(sim)
     }
@@ -684,6 +693,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Ev::Scale => self.on_scale(),
+                Ev::Drained => self.apply_drained_shrink(),
             }
             if self.admit_dirty {
                 self.admit_dirty = false;
@@ -758,20 +768,13 @@ impl<'a> Sim<'a> {
             last
         };
         self.last_scale_rate = last;
-        // A release waits until the released nodes have drained (routers
-        // send them nothing new; their sequences finish), so none restarts.
-        if let Some(pending) = self.pending_shrink.take() {
-            if self.nodes.iter().all(|n| !n.draining || n.seqs.is_empty()) {
-                self.apply_scaling(pending);
-            } else {
-                self.pending_shrink = Some(pending);
-            }
-        }
+        self.apply_drained_shrink();
         let Some(p) = self.plan.as_ref() else {
             return;
         };
         let Some(plan) = super::elastic::rescale(
             &p.plan,
+            self.elastic_base.as_ref().unwrap_or(&p.plan),
             self.inp.cluster,
             &self.cm,
             self.inp.options,
@@ -797,6 +800,19 @@ impl<'a> Sim<'a> {
                 self.nodes[i].draining = true;
             }
             self.pending_shrink = Some(plan);
+        }
+    }
+
+    /// A release waits until the released nodes have drained (routers send
+    /// them nothing new; their sequences finish), so none restarts; this puts
+    /// the smaller plan in once they have.
+    fn apply_drained_shrink(&mut self) {
+        if let Some(pending) = self.pending_shrink.take() {
+            if self.nodes.iter().all(|n| !n.draining || n.seqs.is_empty()) {
+                self.apply_scaling(pending);
+            } else {
+                self.pending_shrink = Some(pending);
+            }
         }
     }
 
@@ -1426,6 +1442,10 @@ impl<'a> Sim<'a> {
                 }
             }
             self.set_load(hop.node);
+            let nd = &self.nodes[hop.node as usize];
+            if nd.draining && nd.seqs.is_empty() {
+                self.push(self.now, Ev::Drained);
+            }
         }
         let q = &mut self.seqs[s as usize];
         q.path.len = 0;

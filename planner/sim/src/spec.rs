@@ -176,13 +176,13 @@ pub const ELASTIC_RELEASE: f64 = 1.25;
 
 impl ReplanPolicy {
     /// Parses `stage-loss`, `on-change`, `threshold:F` with F in (0, 1], or
-    /// `elastic[:INTERVAL]` (default 60 s).
+    /// `elastic[:INTERVAL]` (default 20 s).
     pub fn parse(text: &str) -> Result<ReplanPolicy, SimError> {
         let t = text.trim();
         match t {
             "stage-loss" | "none" => return Ok(ReplanPolicy::StageLoss),
             "on-change" => return Ok(ReplanPolicy::OnChange),
-            "elastic" => return Ok(ReplanPolicy::Elastic { interval_s: 60.0 }),
+            "elastic" => return Ok(ReplanPolicy::Elastic { interval_s: 20.0 }),
             _ => {}
         }
         if let Some(d) = t.strip_prefix("elastic:") {

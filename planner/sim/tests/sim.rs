@@ -716,6 +716,90 @@ fn elastic_scaling_releases_nodes_at_low_demand_and_adds_them_back() {
 }
 
 #[test]
+fn elastic_growth_returns_to_the_plan_it_started_from() {
+    // helix-24 with LLaMA-30B: availability places 5 stages with several
+    // replicas each. Shrunk for a trickle of demand and then grown for more
+    // than the whole cluster can serve, the plan must be the one it started
+    // from, not every free node piled onto one stage (what growing by the
+    // model's bottleneck node alone did: 18 replicas of stage 0 and one of
+    // each other stage).
+    let cluster = SimCluster::from_path(scenario_dir().join("helix-24.toml")).unwrap();
+    let model = presets::load_model("LLaMA-30B").unwrap();
+    let options = PlanOptions::default();
+    let cm = CostModel::new(&model, &options);
+    let base = plan_with("availability", &cluster.cluster, &model, &options).unwrap();
+    let per_stage = |p: &Plan| -> Vec<(std::ops::Range<usize>, Vec<String>)> {
+        p.stages
+            .iter()
+            .map(|st| {
+                let mut ns: Vec<String> = st.replicas.iter().map(|r| r.node.clone()).collect();
+                ns.sort();
+                (st.layers(), ns)
+            })
+            .collect()
+    };
+    assert!(base.stages.iter().all(|st| st.replicas.len() >= 2));
+    let all_up = |_: usize| true;
+    let small = tokenflow_sim::elastic::rescale(
+        &base,
+        &base,
+        &cluster.cluster,
+        &cm,
+        &options,
+        0.05,
+        &all_up,
+    )
+    .expect("a trickle of demand releases replicas");
+    assert!(small.nodes.len() < base.nodes.len());
+    let grown = tokenflow_sim::elastic::rescale(
+        &small,
+        &base,
+        &cluster.cluster,
+        &cm,
+        &options,
+        1e3,
+        &all_up,
+    )
+    .expect("a flood of demand adds them back");
+    // Every node back on its own stage, and as much as the base plan sustains.
+    for ((r, ns), (br, bns)) in per_stage(&grown).iter().zip(per_stage(&base).iter()) {
+        assert_eq!(r, br);
+        assert!(ns.iter().all(|n| bns.contains(n)), "{ns:?} vs {bns:?}");
+    }
+    let mut flood = options.clone();
+    flood.target.request_rate = 1e3;
+    let rate = |p: &Plan| {
+        tokenflow_planner::service_model::predict(p, &cluster.cluster, &cm, &flood).max_rate
+    };
+    assert!(
+        rate(&grown) >= 0.99 * rate(&base),
+        "{} vs {}",
+        rate(&grown),
+        rate(&base)
+    );
+    assert!(
+        rate(&grown) > 1.5 * rate(&small),
+        "{} vs {}",
+        rate(&grown),
+        rate(&small)
+    );
+    // A node that is down is not added back.
+    let down = &base.stages[0].replicas.last().unwrap().node;
+    let d = cluster.cluster.index_of(down).unwrap();
+    let grown = tokenflow_sim::elastic::rescale(
+        &small,
+        &base,
+        &cluster.cluster,
+        &cm,
+        &options,
+        1e3,
+        &|i| i != d,
+    )
+    .expect("grows");
+    assert!(!grown.nodes.contains(down));
+}
+
+#[test]
 fn epoch_failover_restarts_every_sequence_after_detection_and_formation() {
     let cluster = SimCluster::from_path(scenario_dir().join("rack-4090.toml")).unwrap();
     let model = presets::model("Llama-3-8B").unwrap();
