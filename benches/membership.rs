@@ -15,6 +15,9 @@
 //!
 //! Not a timed test: one run, figures printed as a table.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,32 +46,12 @@ impl Drop for Proc {
 
 fn start(args: &[&str], log: &Path) -> Proc {
     let err = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenflow"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the process prints its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_start_matches("http://")
-                .to_string();
-        }
-    };
+    let (child, addr) = common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+            .args(args)
+            .stderr(err),
+        Duration::from_secs(120),
+    );
     Proc { child, addr }
 }
 

@@ -72,30 +72,12 @@ struct Proc {
 impl Proc {
     /// Starts `tokenflow ARGS` and waits (bounded) for its `listening on` line.
     fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenflow"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("tokenflow starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("the process prints its address");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let a = rest.split_whitespace().next().unwrap();
-                break a.trim_start_matches("http://").to_string();
-            }
-        };
+        let (child, addr) = common::spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+                .args(args)
+                .stderr(Stdio::inherit()),
+            Duration::from_secs(120),
+        );
         Proc { child, addr }
     }
 

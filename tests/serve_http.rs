@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -58,38 +57,22 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenflow"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--model-name",
-                TINY,
-                "--model",
-            ])
-            .arg(model)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("tokenflow serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let (child, addr) = common::spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_tokenflow"))
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--model-name",
+                    TINY,
+                    "--model",
+                ])
+                .arg(model)
+                .args(extra)
+                .stderr(Stdio::inherit()),
+            Duration::from_secs(120),
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("the server prints its address");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
         let server = Server {
             child,
             base: format!("http://{addr}"),

@@ -6,7 +6,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
-use tokenflow_engine::dataflow::durable_log::LoggedRun;
 use tokenflow_engine::dataflow::mesh::model_fingerprint;
 use tokenflow_operators::profile::static_profile;
 use tokenflow_planner::units::parse_duration;
@@ -127,8 +126,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut first_id = 0;
     let token_log = match &args.token_log {
         Some(path) => {
-            let logged = LoggedRun::read(path)?;
-            first_id = logged.requests.iter().map(|r| r.id + 1).max().unwrap_or(0);
+            let logged;
+            (logged, first_id) = super::serve::read_token_log(path)?;
             let unfinished: Vec<_> = logged
                 .requests
                 .iter()
@@ -140,14 +139,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
-            if !logged.requests.is_empty() {
-                eprintln!(
-                    "token log {}: {} requests logged, resuming the {} unfinished",
-                    path.display(),
-                    logged.requests.len(),
-                    unfinished.len()
-                );
-            }
             Some((path.clone(), unfinished))
         }
         None => None,

@@ -48,6 +48,27 @@ pub struct ServeArgs {
     pub coordinator: super::coordinator::CoordinatorArgs,
 }
 
+/// Reads the token log of an earlier run of the service (a missing file is
+/// an empty one), says on stderr what it resumes, and returns it with the
+/// first request id free for new requests.
+pub(super) fn read_token_log(path: &std::path::Path) -> anyhow::Result<(LoggedRun, u64)> {
+    let logged = LoggedRun::read(path)?;
+    let first_id = logged.requests.iter().map(|r| r.id + 1).max().unwrap_or(0);
+    if !logged.requests.is_empty() {
+        eprintln!(
+            "token log {}: {} requests logged, resuming the {} unfinished",
+            path.display(),
+            logged.requests.len(),
+            logged
+                .requests
+                .iter()
+                .filter(|r| !logged.ended.contains_key(&r.id))
+                .count()
+        );
+    }
+    Ok((logged, first_id))
+}
+
 /// The name clients give as `model`: `--model-name`, or the model file's
 /// name without `.gguf`.
 pub fn served_model_name(args: &ServeArgs, model_path: &std::path::Path) -> String {
@@ -94,21 +115,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut resumed = Vec::new();
     let mut first_id = 0;
     if let Some(path) = &args.token_log {
-        let logged = LoggedRun::read(path)?;
-        first_id = logged.requests.iter().map(|r| r.id + 1).max().unwrap_or(0);
+        let logged;
+        (logged, first_id) = read_token_log(path)?;
         resumed = logged.unfinished();
         setup.options.resumed = resumed
             .iter()
             .map(|r| (r.id, logged.tokens.get(&r.id).map_or(0, Vec::len)))
             .collect();
-        if !logged.requests.is_empty() {
-            eprintln!(
-                "token log {}: {} requests logged, resuming the {} unfinished",
-                path.display(),
-                logged.requests.len(),
-                resumed.len()
-            );
-        }
         setup.options.token_log = Some(path.clone());
     }
     let model = ModelInfo::new(
