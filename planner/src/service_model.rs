@@ -428,7 +428,10 @@ fn steady(
         }
         let stretch = 1.0 / (1.0 - u);
         link_decode += l.p * (l.decode_s + u * l.chunk_s / 2.0) * stretch;
-        link_chunk += l.p * l.chunk_s * stretch;
+        // A prompt's first chunk queues behind the other requests' whole
+        // prompts, not behind single chunks (M/M/1 wait with a request's
+        // occupancy as the service): what makes TTFT at 1 Gbit/s links.
+        link_chunk += l.p * (l.chunk_s + u * stretch * l.occupancy_s);
         chunk_by_boundary[l.boundary] += l.p * l.chunk_s * stretch;
     }
     let link_chunk_max = chunk_by_boundary.iter().copied().fold(0.0, f64::max);
